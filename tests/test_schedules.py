@@ -1,0 +1,185 @@
+"""Tests for diffax.schedules: tables against independent NumPy formulas, validation, respacing."""
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffax import schedules
+
+NAMES = ["linear", "cosine", "quadratic", "sigmoid"]
+
+
+def _tol(precision):
+    # Tables are computed in float64 NumPy and cast; float32 casting costs <= 1 ulp (~6e-8 rel).
+    return dict(rtol=1e-6, atol=1e-7) if precision == "float32" else dict(rtol=1e-12, atol=1e-15)
+
+
+def test_dtype_follows_precision(precision):
+    s = schedules.linear(10)
+    want = jnp.float64 if precision == "float64" else jnp.float32
+    for table in s:
+        assert table.dtype == want
+    assert s.num_timesteps == 10
+
+
+def test_linear_endpoints(precision):
+    s = schedules.linear(1000, beta_start=1e-4, beta_end=0.02)
+    np.testing.assert_allclose(float(s.betas[0]), 1e-4, **_tol(precision))
+    np.testing.assert_allclose(float(s.betas[-1]), 0.02, **_tol(precision))
+    # Linear: constant first difference (0.02 - 1e-4) / 999.
+    np.testing.assert_allclose(np.diff(np.asarray(s.betas, np.float64)), (0.02 - 1e-4) / 999,
+                               rtol=1e-4 if precision == "float32" else 1e-9)
+
+
+def test_quadratic_endpoints_and_sqrt_linear(precision):
+    s = schedules.quadratic(100, beta_start=1e-4, beta_end=0.02)
+    want = np.linspace(1e-2, 0.02**0.5, 100) ** 2
+    np.testing.assert_allclose(np.asarray(s.betas, np.float64), want, **_tol(precision))
+
+
+def test_cosine_matches_f_ratio(precision):
+    T, s_off, max_beta = 1000, 0.008, 0.999
+    sch = schedules.cosine(T, s=s_off, max_beta=max_beta)
+    u = np.arange(T + 1) / T
+    f = np.cos((u + s_off) / (1 + s_off) * math.pi / 2) ** 2
+    abar = f / f[0]  # independent computation of alpha-bar(t/T) = f(t)/f(0)
+    beta_raw = 1 - abar[1:] / abar[:-1]
+    betas = np.asarray(sch.betas, np.float64)
+    assert np.all(betas <= max_beta * (1 + 1e-7))
+    unclipped = beta_raw < max_beta
+    assert unclipped[:-1].all() and not unclipped[-1]  # only the last step is clipped for T=1000
+    np.testing.assert_allclose(betas[unclipped], beta_raw[unclipped], **_tol(precision))
+    # Where no clip happened alpha-bar_t (0-based t) equals f(t+1)/f(0).
+    acp = np.asarray(sch.alphas_cumprod, np.float64)
+    np.testing.assert_allclose(acp[:-1], abar[1:-1], rtol=1e-5 if precision == "float32" else 1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_alphas_cumprod_strictly_decreasing(name):
+    s = schedules.get(name, 1000)
+    acp = np.asarray(s.alphas_cumprod, np.float64)
+    assert np.all(np.diff(acp) < 0)
+    assert 0 < acp[-1] < acp[0] < 1
+
+
+@pytest.mark.parametrize("name,bound", [("linear", 1e-4), ("cosine", 1e-6), ("sigmoid", 1e-4),
+                                        ("quadratic", 1e-3)])
+def test_terminal_alpha_bar_near_zero(name, bound):
+    # The chain must (nearly) destroy the signal at T = 1000: alpha-bar_{T-1} below the stated bound.
+    # (Measured: linear 4.0e-5, cosine 2.4e-9, sigmoid 4.0e-5, quadratic 7.3e-4.)
+    acp_last = float(schedules.get(name, 1000).alphas_cumprod[-1])
+    assert 0 < acp_last < bound
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_posterior_tables_match_formulas(name, precision):
+    s = schedules.get(name, 200)
+    with jax.enable_x64(True):  # the exact float64 betas; float32 tables must be their 1-ulp casts
+        b = np.asarray(schedules.get(name, 200).betas, np.float64)
+    acp = np.cumprod(1 - b)
+    acp_prev = np.concatenate([[1.0], acp[:-1]])
+    post_var = b * (1 - acp_prev) / (1 - acp)
+    # float32 tables are casts of float64 values (<= 1 ulp ~ 6e-8 relative); float64 to rounding.
+    tol = dict(rtol=2e-7, atol=0) if precision == "float32" else dict(rtol=1e-12, atol=0)
+    np.testing.assert_allclose(np.asarray(s.alphas, np.float64), 1 - b, **tol)
+    np.testing.assert_allclose(np.asarray(s.alphas_cumprod, np.float64), acp,
+                               **tol)
+    np.testing.assert_allclose(np.asarray(s.alphas_cumprod_prev, np.float64), acp_prev,
+                               **tol)
+    assert float(s.alphas_cumprod_prev[0]) == 1.0
+    assert float(s.posterior_variance[0]) == 0.0
+    np.testing.assert_allclose(np.asarray(s.posterior_variance, np.float64), post_var,
+                               **tol)
+    log_clipped = np.log(np.concatenate([[post_var[1]], post_var[1:]]))
+    np.testing.assert_allclose(np.asarray(s.posterior_log_variance_clipped, np.float64),
+                               log_clipped, **tol)
+    np.testing.assert_allclose(np.asarray(s.posterior_mean_coef1, np.float64),
+                               b * np.sqrt(acp_prev) / (1 - acp),
+                               **tol)
+    np.testing.assert_allclose(np.asarray(s.posterior_mean_coef2, np.float64),
+                               (1 - acp_prev) * np.sqrt(1 - b) / (1 - acp),
+                               **tol)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True])
+def test_invalid_num_timesteps(bad):
+    # The message names the offending value.
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        schedules.linear(bad)
+
+
+@pytest.mark.parametrize(
+    "betas,needle",
+    [
+        ([0.1, 0.0, 0.2], "0.0"),
+        ([0.1, 1.0], "1.0"),
+        ([0.1, -0.2], "-0.2"),
+        ([0.1, float("nan")], "nan"),
+        ([0.1, float("inf")], "inf"),
+        ([[0.1, 0.2]], r"\(1, 2\)"),
+        ([], r"\(0,\)"),
+    ],
+)
+def test_from_betas_rejects_bad_input(betas, needle):
+    with pytest.raises(ValueError, match=needle):
+        schedules.from_betas(betas)
+
+
+def test_builders_reject_bad_hyperparameters():
+    with pytest.raises(ValueError, match="1.5"):
+        schedules.linear(10, beta_start=1.5)
+    with pytest.raises(ValueError, match="max_beta"):
+        schedules.cosine(10, max_beta=1.0)
+    with pytest.raises(ValueError, match="'nope'"):
+        schedules.get("nope", 10)
+
+
+def test_space_timesteps_known_examples():
+    np.testing.assert_array_equal(schedules.space_timesteps(1000, 50, "leading"), np.arange(0, 1000, 20))
+    np.testing.assert_array_equal(schedules.space_timesteps(10, 3, "leading"), [0, 3, 6])
+    # round(linspace(0, 9, 3)) = round([0, 4.5, 9]) = [0, 4, 9] (round-half-even).
+    np.testing.assert_array_equal(schedules.space_timesteps(10, 3, "linspace"), [0, 4, 9])
+    # round(arange(10, 0, -10/3)) - 1 = [9, 6, 2], reversed.
+    np.testing.assert_array_equal(schedules.space_timesteps(10, 3, "trailing"), [2, 6, 9])
+    trailing = schedules.space_timesteps(1000, 50, "trailing")
+    assert trailing[-1] == 999 and trailing.shape == (50,)
+    np.testing.assert_array_equal(schedules.space_timesteps(7, 7, "linspace"), np.arange(7))
+    with pytest.raises(ValueError, match="'middle'"):
+        schedules.space_timesteps(10, 3, "middle")
+    with pytest.raises(ValueError, match="11"):
+        schedules.space_timesteps(10, 11)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_respace_keeps_alpha_bar_on_subsequence(name, precision):
+    s = schedules.get(name, 1000)
+    ts = schedules.space_timesteps(1000, 50, "trailing")
+    r = schedules.respace(s, ts)
+    assert r.num_timesteps == 50
+    # Rebuilding alpha-bar from betas = 1 - ratio costs eps / ratio relative per step (cancellation
+    # in 1 - (1 - ratio)), accumulated over K = 50 products: rtol = K * eps / min(ratio).
+    eps = np.finfo(np.float32 if precision == "float32" else np.float64).eps
+    rtol = 50 * eps / float(np.min(np.asarray(r.alphas, np.float64)))
+    np.testing.assert_allclose(np.asarray(r.alphas_cumprod, np.float64),
+                               np.asarray(s.alphas_cumprod, np.float64)[ts], rtol=rtol)
+    # Respacing onto every timestep reproduces the schedule. beta = 1 - abar_t / abar_{t-1} from
+    # tables rounded to eps: absolute error ~2 eps, i.e. relative 2 eps / beta_min (1e-4): 1.2e-3 in
+    # float32, 4e-12 in float64.
+    full = schedules.respace(s, np.arange(1000))
+    np.testing.assert_allclose(np.asarray(full.betas, np.float64), np.asarray(s.betas, np.float64),
+                               rtol=1.5e-3 if precision == "float32" else 1e-9)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        schedules.respace(s, np.array([3, 2]))
+
+
+def test_geometric_sigmas():
+    sig = np.asarray(schedules.geometric_sigmas(50.0, 0.01, 10), np.float64)
+    np.testing.assert_allclose(sig[[0, -1]], [50.0, 0.01], rtol=1e-6)
+    ratios = sig[1:] / sig[:-1]
+    np.testing.assert_allclose(ratios, (0.01 / 50.0) ** (1 / 9), rtol=1e-5)
+    with pytest.raises(ValueError, match="sigma_min"):
+        schedules.geometric_sigmas(0.01, 50.0, 10)
