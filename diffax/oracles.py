@@ -170,6 +170,11 @@ class GaussianMixture:
         lp = self._component_log_probs(x, *self._t_coefs(x, t))
         return lp - logsumexp(lp, axis=-1, keepdims=True)
 
+    def class_log_probs(self, x: Array) -> Array:
+        """log p(y = k | x) for every class k under the clean data distribution: shape (..., K)."""
+        lp = self._component_log_probs(x, 1.0, 0.0)
+        return lp - logsumexp(lp, axis=-1, keepdims=True)
+
     def component(self, y: int) -> "GaussianMixture":
         """The single component y as a one-component mixture (same schedule)."""
         return GaussianMixture.tree_unflatten(

@@ -1,0 +1,182 @@
+"""Conditional generation as eps-function wrappers: classifier-free and classifier guidance.
+
+Each wrapper turns conditional ingredients into a plain ``model_fn(x_t, t) -> output`` that any
+sampler in `diffax.samplers` takes unchanged (``ddpm``, ``ddim``, ``pc``). In score terms, with
+b_t = sqrt(1 - alpha-bar_t) and eps = -b_t grad log q (Song et al. 2021):
+
+  classifier guidance   eps~ = eps(x_t) - b_t * scale * grad_x log f(y | x_t, t)
+                        = -b_t grad log [ q(x_t) f(y | x_t)^scale ]          (Dhariwal & Nichol 2021)
+  classifier-free       eps~ = (1 + w) eps(x_t, y) - w eps(x_t, null)
+                        = -b_t grad log [ q(x_t | y) (q(y | x_t))^w ]       (Ho & Salimans 2022, eq. 6)
+
+so with exact ingredients CFG at guidance weight w equals classifier guidance at scale 1 + w
+(the seeds' gamma = 1 + w); both give the exact conditional eps at scale = 1 / w = 0.
+
+`from_score` is the score view of DDPM: a score model s(x_t, t) becomes the eps model
+-b_t s(x_t, t), so the DDPM mean is (x_t + beta_t s) / sqrt(alpha_t).
+
+Learned-variance models (2C output channels on the last axis, the second half a variance part)
+are supported: only the eps half is guided; CFG keeps the conditional branch's variance half, as
+GLIDE and guided-diffusion do. Nothing here jits; the wrappers are pure and trace inside the
+caller's sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffax import diffusion
+from diffax.schedules import Schedule
+
+Array = jnp.ndarray
+ModelFn = Callable[[Array, Array], Array]
+
+__all__ = ["classifier_free", "classifier", "from_score"]
+
+
+def _split_eps(out: Array, x: Array) -> tuple[Array, Array | None]:
+    """(eps part, variance part or None) of a model output for x: C or 2C channels on the last axis."""
+    if out.shape == x.shape:
+        return out, None
+    c = x.shape[-1]
+    if out.shape[:-1] == x.shape[:-1] and out.shape[-1] == 2 * c:
+        return out[..., :c], out[..., c:]
+    raise ValueError(
+        f"model output has shape {out.shape}; expected x_t's shape {x.shape} or, for a learned "
+        f"variance, {x.shape[:-1] + (2 * c,)}"
+    )
+
+
+def _join(eps: Array, var_part: Array | None) -> Array:
+    return eps if var_part is None else jnp.concatenate([eps, var_part], axis=-1)
+
+
+def _check_scalar(name: str, value) -> None:
+    """A concrete guidance strength must be a finite real scalar (a traced one passes through)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        v = np.asarray(value)
+        ok = v.ndim == 0 and np.issubdtype(v.dtype, np.number) and bool(np.isfinite(v))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite real scalar, got {value!r}")
+
+
+def classifier_free(
+    eps_fn: Callable[[Array, Array, Array], Array],
+    y: Array,
+    *,
+    w: float,
+    null_label: int,
+) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6):
+
+        eps~(x_t, t) = (1 + w) eps(x_t, t, y) - w eps(x_t, t, null_label),
+
+    with ONE batched call of ``eps_fn``: the inputs [x, x], [t, t], [y, null] are concatenated
+    on the batch axis and the output split in two. w = 0 is the conditional model, w = -1 the
+    unconditional one; the guidance scale gamma of the seeds' slides is 1 + w.
+
+    Args:
+      eps_fn: (x_t, t, y) -> output, a conditional eps model trained with label dropout to
+        ``null_label`` (2C channels for a learned variance: the conditional half's variance is kept).
+      y: the labels, an int array of shape (B,) (or a scalar, broadcast to the batch).
+      w: the guidance weight (a Python float or a traced scalar).
+      null_label: the label meaning "no condition" (e.g. ``num_classes`` for `diffax.models.MLP`).
+
+    Returns:
+      model_fn(x_t, t) -> guided output, of ``eps_fn``'s output shape for a batch of B.
+    """
+    _check_scalar("w", w)
+    y = jnp.asarray(y)
+    if y.ndim > 1:
+        raise ValueError(f"y must be a scalar or a (B,) array of labels, got shape {y.shape}")
+
+    def model_fn(x_t: Array, t: Array) -> Array:
+        b = x_t.shape[0]
+        labels = jnp.broadcast_to(y, (b,))
+        t_b = jnp.broadcast_to(jnp.asarray(t), (b,))
+        out = eps_fn(
+            jnp.concatenate([x_t, x_t], axis=0),
+            jnp.concatenate([t_b, t_b], axis=0),
+            jnp.concatenate([labels, jnp.full((b,), null_label, dtype=labels.dtype)], axis=0),
+        )
+        out_cond, out_null = out[:b], out[b:]
+        eps_cond, var_part = _split_eps(out_cond, x_t)
+        eps_null, _ = _split_eps(out_null, x_t)
+        return _join((1.0 + w) * eps_cond - w * eps_null, var_part)
+
+    return model_fn
+
+
+def classifier(
+    eps_fn: ModelFn,
+    log_prob_fn: Callable[[Array, Array, Array], Array],
+    s: Schedule,
+    y: Array,
+    *,
+    scale: float,
+) -> ModelFn:
+    """Classifier guidance on eps (Dhariwal & Nichol 2021, Algorithm 2; guided-diffusion's ``condition_score``):
+
+        eps~(x_t, t) = eps(x_t, t) - sqrt(1 - alpha-bar_t) * scale * grad_x log f(y | x_t, t),
+
+    i.e. the eps of q(x_t) f(y | x_t, t)^scale. With the exact classifier q(y | x_t) and scale = 1
+    this is the exact conditional eps(x_t, t, y) (Bayes: grad log q(x_t | y) = grad log q(x_t) +
+    grad log q(y | x_t)).
+
+    Args:
+      eps_fn: (x_t, t) -> output, an unconditional eps model (2C channels for a learned variance:
+        only the eps half is shifted).
+      log_prob_fn: (x_t, t, y) -> (B,) log f(y | x_t, t), a noisy classifier's log-probability of
+        the labels; it must treat examples independently (the gradient is of the batch sum).
+      s: the schedule of the diffusion (for sqrt(1 - alpha-bar_t)).
+      y: the target labels, (B,) int (or a scalar, broadcast).
+      scale: the classifier scale (gamma; a Python float or a traced scalar).
+
+    Returns:
+      model_fn(x_t, t) -> guided output.
+    """
+    _check_scalar("scale", scale)
+    y = jnp.asarray(y)
+    if y.ndim > 1:
+        raise ValueError(f"y must be a scalar or a (B,) array of labels, got shape {y.shape}")
+
+    def model_fn(x_t: Array, t: Array) -> Array:
+        b = x_t.shape[0]
+        labels = jnp.broadcast_to(y, (b,))
+        eps, var_part = _split_eps(eps_fn(x_t, t), x_t)
+
+        def total_log_prob(x):
+            lp = log_prob_fn(x, t, labels)
+            if lp.shape != (b,):
+                raise ValueError(f"log_prob_fn must return shape ({b},), got {lp.shape}")
+            return jnp.sum(lp)
+
+        grad = jax.grad(total_log_prob)(x_t)
+        b_t = jnp.sqrt(1.0 - diffusion.extract(s.alphas_cumprod, t, x_t.ndim))
+        return _join(eps - b_t * scale * grad, var_part)
+
+    return model_fn
+
+
+def from_score(score_fn: Callable[[Array, Array], Array], s: Schedule) -> ModelFn:
+    """The eps model of a score model (the score view of DDPM; Song et al. 2021, eq. 4 / Tweedie):
+
+        eps(x_t, t) = -sqrt(1 - alpha-bar_t) * s(x_t, t),   s ~ grad log q(x_t),
+
+    so the DDPM mean (x_t - beta_t / sqrt(1 - alpha-bar_t) eps) / sqrt(alpha_t) becomes
+    (x_t + beta_t s(x_t, t)) / sqrt(alpha_t) (Ho et al. 2020, eq. 11 in score form; the seeds'
+    "denoising matching with the score function"). Use with ``mean_type='eps'``.
+    """
+
+    def model_fn(x_t: Array, t: Array) -> Array:
+        return diffusion.score_to_eps(s, x_t, t, score_fn(x_t, t))
+
+    return model_fn
