@@ -68,6 +68,14 @@ def _check_scalar(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite real scalar, got {value!r}")
 
 
+
+def _check_labels(y) -> Array:
+    """y as an array; raises ValueError unless it is a scalar label or a (B,) array of labels."""
+    y = jnp.asarray(y)
+    if y.ndim > 1:
+        raise ValueError(f"y must be a scalar or a (B,) array of labels, got shape {y.shape}")
+    return y
+
 def classifier_free(
     eps_fn: Callable[[Array, Array, Array], Array],
     y: Array,
@@ -94,9 +102,7 @@ def classifier_free(
       model_fn(x_t, t) -> guided output, of ``eps_fn``'s output shape for a batch of B.
     """
     _check_scalar("w", w)
-    y = jnp.asarray(y)
-    if y.ndim > 1:
-        raise ValueError(f"y must be a scalar or a (B,) array of labels, got shape {y.shape}")
+    y = _check_labels(y)
 
     def model_fn(x_t: Array, t: Array) -> Array:
         b = x_t.shape[0]
@@ -144,9 +150,7 @@ def classifier(
       model_fn(x_t, t) -> guided output.
     """
     _check_scalar("scale", scale)
-    y = jnp.asarray(y)
-    if y.ndim > 1:
-        raise ValueError(f"y must be a scalar or a (B,) array of labels, got shape {y.shape}")
+    y = _check_labels(y)
 
     def model_fn(x_t: Array, t: Array) -> Array:
         b = x_t.shape[0]
