@@ -166,7 +166,9 @@ def hybrid(
     and the mean is trained by the MSE alone. As in improved-diffusion, for a fixed variance
     (var_type 'fixed_small' / 'fixed_large') the frozen L_t has no trainable part and is omitted:
     'hybrid' then equals 'simple'. `t_weights` (B,), e.g. the importance weights 1 / (T p_t) of a
-    non-uniform t sampler, multiplies the per-example L_t term (not the MSE).
+    non-uniform t sampler, multiplies the whole per-example loss (as improved-diffusion's
+    ``(losses * weights).mean()``), so that for t ~ p, E[w_t loss_t] is the uniform-t objective for
+    every loss type (MSE included): the estimator stays unbiased.
 
     Returns: (B,) per-example losses, or (losses, terms) with ``return_terms=True``, terms =
     dict(mse, vb (= L_t in bits/dim, unscaled and unweighted; zeros where it is omitted), t).
@@ -201,14 +203,15 @@ def hybrid(
     if loss_type in ("vlb", "rescaled_vlb"):
         vb = vb_terms_bpd(s, output, x0, x_t, t, mean_type=mean_type, var_type=var_type)
         scale = num_t if loss_type == "rescaled_vlb" else 1.0
-        loss = scale * weights * vb
+        loss = scale * vb
     elif loss_type == "simple" or not learned:
         vb = zeros
         loss = mse
     else:  # hybrid / rescaled_mse with a learned variance
         frozen = jnp.concatenate([jax.lax.stop_gradient(mean_part), var_part], axis=-1)
         vb = vb_terms_bpd(s, frozen, x0, x_t, t, mean_type=mean_type, var_type=var_type)
-        loss = mse + lambda_vlb * num_t * weights * vb
+        loss = mse + lambda_vlb * num_t * vb
+    loss = weights * loss
     if return_terms:
         return loss, dict(mse=mse, vb=vb, t=t)
     return loss

@@ -31,12 +31,15 @@ flags.DEFINE_string("workdir", "/tmp/diffax_mnist_small", "Output directory.")
 flags.DEFINE_float("minutes", 25.0, "Wall-clock budget in minutes (training + sampling).")
 flags.DEFINE_integer("probe_steps", 200, "Steps of the first chunk, used to measure steps/s.")
 flags.DEFINE_float("sampling_minutes", 2.0, "Time reserved for sampling at the end.")
+flags.DEFINE_integer("num_steps", 0, "If > 0: train exactly this many steps (reproducible) instead of --minutes.")
+flags.DEFINE_bool("conditional", True, "Class-conditional UNet with label dropout p_uncond=0.1 (for CFG).")
 flags.DEFINE_string("data_path", os.path.join(os.path.dirname(REPO), "shared", "data", "mnist"), "MNIST IDX dir.")
 FLAGS = flags.FLAGS
 
 
-def small_config(data_path: str):
-    """configs/mnist.py with a CPU-sized UNet."""
+def small_config(data_path: str, conditional: bool = True):
+    """configs/mnist.py with a CPU-sized UNet; class-conditional with p_uncond = 0.1 if `conditional`
+    (one model then serves unconditional-style sampling per class, DDIM step sweeps and CFG)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mnist_cfg", os.path.join(REPO, "configs", "mnist.py"))
@@ -54,6 +57,9 @@ def small_config(data_path: str):
     config.optim.lr, config.optim.warmup_steps = 5e-4, 200
     config.sampling.method, config.sampling.num_steps, config.sampling.eta = "ddim", 100, 0.0
     config.sampling.num_samples = 64
+    if conditional:
+        config.model.num_classes = 10
+        config.diffusion.p_uncond = 0.1
     return config
 
 
@@ -64,13 +70,15 @@ def main(argv):
     from diffax.training.logging import read_metrics
 
     t0 = time.perf_counter()
-    config = small_config(FLAGS.data_path)
-    config.training.num_steps = FLAGS.probe_steps
+    config = small_config(FLAGS.data_path, FLAGS.conditional)
+    config.training.num_steps = min(FLAGS.probe_steps, FLAGS.num_steps or FLAGS.probe_steps)
     loop.train_and_evaluate(config, FLAGS.workdir)  # compiles, then probes the speed
     rate = [r["steps_per_sec"] for r in read_metrics(FLAGS.workdir) if "steps_per_sec" in r]
     steps_per_sec = sorted(rate[1:] or rate)[len(rate[1:] or rate) // 2]  # median, first log (compile) left out
     left = FLAGS.minutes * 60 - FLAGS.sampling_minutes * 60 - (time.perf_counter() - t0) - 30.0  # 30 s: recompile
     total = max(FLAGS.probe_steps, FLAGS.probe_steps + int(left * steps_per_sec))
+    if FLAGS.num_steps > 0:
+        total = FLAGS.num_steps
     print(f"probe: {steps_per_sec:.2f} steps/s -> training to step {total}", flush=True)
     config.training.num_steps = total
     t1 = time.perf_counter()

@@ -173,3 +173,39 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     for x, y in zip(_leaves(good), _leaves(after)):
         np.testing.assert_array_equal(x, y)
         assert np.all(np.isfinite(x.astype(np.float64)))
+
+
+def test_importance_sampling_loss_history_is_checkpointed_and_resumes_bitwise(tmp_path):
+    """diffusion.timestep_sampling='importance' through the loop: the loss history lives in
+    TrainState.extra, is saved, and 8 straight steps == 4 + resume + 4 bitwise (params and history).
+    With T = 8 and batch 32, 8 steps fill every t's 10-value history, so the last steps sample t
+    non-uniformly. loss_type 'simple' with importance sampling is a clear error."""
+    import importlib.util
+
+    from diffax.training import loop
+    from diffax.training.step import LOSS_HISTORY
+
+    spec = importlib.util.spec_from_file_location("gmm1d_cfg", os.path.join(REPO, "configs", "gmm1d.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    config.model.hidden, config.model.num_layers, config.diffusion.num_timesteps = 16, 1, 8
+    config.diffusion.var_type, config.diffusion.loss_type = "learned_range", "hybrid"
+    config.diffusion.timestep_sampling = "importance"
+    config.training.batch_size, config.training.checkpoint_every, config.training.log_every = 32, 4, 4
+    config.training.num_steps = 8
+    loop.train_and_evaluate(config, str(tmp_path / "straight"))
+    config.training.num_steps = 4
+    loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+    config.training.num_steps = 8
+    loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+    a, b = _load_state(tmp_path / "straight", 8), _load_state(tmp_path / "resumed", 8)
+    for x, y in zip(_leaves(a), _leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    counts = np.asarray(a["extra"][LOSS_HISTORY]["counts"])
+    np.testing.assert_array_equal(counts, np.full(8, 10))  # full history: the sampler is warm
+    assert np.all(np.asarray(a["extra"][LOSS_HISTORY]["values"]) > 0)
+
+    config.diffusion.loss_type = "simple"
+    with pytest.raises(ValueError, match="timestep_sampling='importance' needs a loss"):
+        loop.train_and_evaluate(config, str(tmp_path / "bad"))

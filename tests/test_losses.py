@@ -421,7 +421,7 @@ def test_hybrid_stop_gradient_on_mean(x64, mean_type="eps"):
 
 
 def test_hybrid_value_relations(x64):
-    """hybrid = mse + lambda T w vb;  rescaled_mse = hybrid at lambda = 0.001 (improved-diffusion's
+    """hybrid = w (mse + lambda T vb);  rescaled_mse = hybrid at lambda = 0.001 (improved-diffusion's
     vb T / 1000);  'vlb' = w vb;  'rescaled_vlb' = T w vb;  fixed variances drop the frozen vb term;
     t passed explicitly reproduces the randomly drawn one (same key -> same noise)."""
     s, x0, params, t = _hybrid_setup()
@@ -449,7 +449,7 @@ def test_hybrid_value_relations(x64):
 
     out = run(key)
     h, terms = out["hybrid"]
-    np.testing.assert_allclose(h, terms["mse"] + 0.01 * T * w * terms["vb"], rtol=1e-12)
+    np.testing.assert_allclose(h, w * (terms["mse"] + 0.01 * T * terms["vb"]), rtol=1e-12)
     np.testing.assert_array_equal(terms["t"], t)
     assert float(np.min(terms["vb"])) > 0
     np.testing.assert_allclose(out["rescaled_mse"], out["hybrid_1e3"], rtol=1e-12)

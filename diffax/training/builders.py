@@ -74,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     training.ema_decay         EMA of the parameters (sampling uses the EMA).
     optim.*                    `diffax.training.optim.make_optimizer` (lr, warmup_steps, grad_clip, ...).
     model.*                    model.name ('mlp' | 'unet') and that model's fields.
-    diffusion.*                schedule, num_timesteps, mean_type, var_type, loss_type, lambda_vlb, p_uncond.
+    diffusion.*                schedule, num_timesteps, mean_type, var_type, loss_type, lambda_vlb, p_uncond,
+                               timestep_sampling ('uniform' | 'importance': t ~ sqrt(E[L_t^2]), Nichol &
+                               Dhariwal 2021 sec. 3.3; needs a loss_type that computes L_t).
     sampling.*                 method ('ddpm' | 'ddim'), num_steps (None = T), eta, num_samples, clip_x0,
                                batch_size (0 = all at once), spacing (DDIM's timestep spacing).
     eval.num_reference         held-out data points for the toy distances (0 = sampling.num_samples).
@@ -88,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = dict(lr=1e-3, warmup_steps=0, grad_clip=1.0, weight_decay=0.0, decay_steps=config_dict.placeholder(int))
     c.model = mlp_model_config()
     c.diffusion = dict(schedule="linear", num_timesteps=1000, mean_type="eps", var_type="fixed_small",
-                       loss_type="simple", lambda_vlb=0.001, p_uncond=0.0)  # fmt: skip
+                       loss_type="simple", lambda_vlb=0.001, p_uncond=0.0, timestep_sampling="uniform")  # fmt: skip
     c.sampling = dict(method="ddpm", num_steps=config_dict.placeholder(int), eta=0.0, num_samples=1000,
                       clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading")  # fmt: skip
     c.eval = dict(num_reference=0)
@@ -196,6 +198,32 @@ def build_loss_fn(config: ml_collections.ConfigDict, model, schedule: Schedule) 
         model.apply, schedule, loss_type=d.loss_type, mean_type=d.mean_type, var_type=d.var_type,
         lambda_vlb=d.lambda_vlb, p_uncond=d.p_uncond, num_classes=config.model.num_classes,
     )  # fmt: skip
+
+
+TIMESTEP_SAMPLING = ("uniform", "importance")
+
+
+def importance_sampling(config: ml_collections.ConfigDict) -> bool:
+    """True for diffusion.timestep_sampling='importance'; raises for an unknown value, or for
+    'importance' with loss_type 'simple' (which has no L_t term to weight or to learn p_t from)."""
+    d = config.diffusion
+    if _choice("diffusion.timestep_sampling", d.timestep_sampling, TIMESTEP_SAMPLING) == "uniform":
+        return False
+    if d.loss_type == "simple":
+        raise ValueError(
+            "diffusion.timestep_sampling='importance' needs a loss with an L_t term: set diffusion.loss_type to "
+            "one of 'vlb', 'rescaled_vlb', 'hybrid', 'rescaled_mse' (got 'simple')"
+        )
+    return True
+
+
+def initial_extra(config: ml_collections.ConfigDict) -> dict:
+    """The TrainState.extra of step 0: the loss history when importance-sampling t, else {}."""
+    if importance_sampling(config):
+        from diffax import timestep_sampler
+
+        return {step.LOSS_HISTORY: timestep_sampler.init_loss_history(int(config.diffusion.num_timesteps))}
+    return {}
 
 
 def build_sampler(

@@ -70,7 +70,8 @@ def _abstract_state(config, model, tx, data_shape, mesh) -> TrainState:
 
     def init():
         params = builders.init_params(model, _key(config, _INIT_STREAM), data_shape)
-        return create_train_state(params=params, tx=tx, rng=_key(config, _STATE_STREAM))
+        return create_train_state(params=params, tx=tx, rng=_key(config, _STATE_STREAM),
+                                  extra=builders.initial_extra(config))
 
     rep = sharding.replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), jax.eval_shape(init))
@@ -81,7 +82,8 @@ def _initial_state(config, model, tx, data_shape, mesh) -> TrainState:
 
     def init():
         params = builders.init_params(model, _key(config, _INIT_STREAM), data_shape)
-        return create_train_state(params=params, tx=tx, rng=_key(config, _STATE_STREAM))
+        return create_train_state(params=params, tx=tx, rng=_key(config, _STATE_STREAM),
+                                  extra=builders.initial_extra(config))
 
     return jax.jit(init, out_shardings=sharding.replicated(mesh))()
 
@@ -123,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     tx = builders.build_optimizer(config)
     loss_fn = builders.build_loss_fn(config, model, schedule)
     train_step = sharding.jit_train_step(
-        step_lib.make_train_step(loss_fn, tx, ema_decay=t.ema_decay, lr_schedule=builders.build_lr_schedule(config)),
+        step_lib.make_train_step(loss_fn, tx, ema_decay=t.ema_decay, lr_schedule=builders.build_lr_schedule(config),
+                                 importance_sampling=builders.importance_sampling(config)),
         mesh,
     )
 

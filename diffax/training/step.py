@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffax import losses
+from diffax import losses, timestep_sampler
 from diffax.diffusion import MEAN_TYPES, VAR_TYPES
 from diffax.schedules import Schedule
 from diffax.training.optim import ema_update
@@ -29,7 +29,11 @@ Batch = Mapping[str, Array]
 LossFn = Callable[[PyTree, Array, Batch, bool], "tuple[Array, dict[str, Array]]"]
 ApplyFn = Callable[..., Array]
 
-__all__ = ["LossFn", "diffusion_loss_fn", "dsm_loss_fn", "ncsn_score_fn", "make_train_step", "check_finite"]
+PER_EXAMPLE_VB = "per_example_vb"
+PER_EXAMPLE_T = "per_example_t"
+LOSS_HISTORY = "loss_history"
+
+__all__ = ["LOSS_HISTORY", "PER_EXAMPLE_T", "PER_EXAMPLE_VB", "LossFn", "diffusion_loss_fn", "dsm_loss_fn", "ncsn_score_fn", "make_train_step", "check_finite"]
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -69,7 +73,13 @@ def diffusion_loss_fn(
     and while training each label becomes the null class `num_classes` with probability `p_uncond`
     (classifier-free guidance, Ho & Salimans 2022); otherwise y is None.
 
-    Metrics: 'loss', and for the hybrid family also the batch means 'mse' and 'vb' (bits/dim).
+    If the batch carries 't' (B,) and 't_weights' (B,) (importance-sampled timesteps, put there by
+    `make_train_step` with ``importance_sampling=True``), those t are used instead of uniform draws
+    and the weights multiply the per-example loss (`diffax.losses.hybrid`).
+
+    Metrics: 'loss', and for the hybrid family also the batch means 'mse' and 'vb' (bits/dim) and the
+    per-example L_t and t under `PER_EXAMPLE_VB` / `PER_EXAMPLE_T` (consumed by `make_train_step`,
+    which removes them from the metrics it returns).
     """
     _check_choice("loss_type", loss_type, losses.LOSS_TYPES)
     _check_choice("mean_type", mean_type, MEAN_TYPES)
@@ -92,16 +102,18 @@ def diffusion_loss_fn(
         def model_fn(x_t: Array, t: Array) -> Array:
             return apply_fn({"params": params}, x_t, t, y=y, train=train, rngs={"dropout": k_dropout})
 
+        t, t_weights = batch.get("t"), batch.get("t_weights")
         if loss_type == "simple":
-            per_example = losses.simple(model_fn, schedule, k_loss, x0, mean_type=mean_type)
+            per_example = losses.simple(model_fn, schedule, k_loss, x0, mean_type=mean_type, t=t)
             loss = jnp.mean(per_example)
             return loss, {"loss": loss}
         per_example, terms = losses.hybrid(
             model_fn, schedule, k_loss, x0, mean_type=mean_type, var_type=var_type,
-            loss_type=loss_type, lambda_vlb=lambda_vlb, return_terms=True,
+            loss_type=loss_type, lambda_vlb=lambda_vlb, t=t, t_weights=t_weights, return_terms=True,
         )  # fmt: skip
         loss = jnp.mean(per_example)
-        return loss, {"loss": loss, "mse": jnp.mean(terms["mse"]), "vb": jnp.mean(terms["vb"])}
+        return loss, {"loss": loss, "mse": jnp.mean(terms["mse"]), "vb": jnp.mean(terms["vb"]),
+                      PER_EXAMPLE_VB: terms["vb"], PER_EXAMPLE_T: terms["t"]}  # fmt: skip
 
     return loss_fn
 
@@ -153,6 +165,8 @@ def make_train_step(
     *,
     ema_decay: float,
     lr_schedule: optax.Schedule | None = None,
+    importance_sampling: bool = False,
+    uniform_prob: float = 0.001,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """One update, pure:  train_step(state, batch) -> (new_state, metrics).
 
@@ -166,6 +180,14 @@ def make_train_step(
     `lr_schedule` is given, 'lr' (the rate used by this update). Under a 'data'-sharded batch the
     batch means in `loss_fn` are global means, so the update is the one of a single device.
     No jit here: compile with `diffax.training.sharding.jit_train_step` (or `jax.jit`).
+
+    ``importance_sampling=True`` (Nichol & Dhariwal 2021, sec. 3.3): the state must carry
+    ``extra['loss_history']`` (`diffax.timestep_sampler.init_loss_history`). Each step then splits
+    the step key into (loss key, t key), draws ``t, w = sample_timesteps(t_key, history, B)``
+    (uniform until every t has 10 values, then p_t ∝ sqrt(E[L_t^2]) mixed with `uniform_prob`), passes
+    them to `loss_fn` as ``batch['t']``, ``batch['t_weights']`` and appends the per-example L_t the
+    loss reports (`PER_EXAMPLE_VB`) to the history. The weighted loss is an unbiased estimate of
+    the uniform-t loss. Needs a loss from the hybrid family (one that computes L_t).
     """
     if not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay <= 1.0):
         raise ValueError(f"ema_decay must be a number in [0, 1], got {ema_decay!r}")
@@ -173,7 +195,28 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         key = jax.random.fold_in(state.rng, state.step)
+        extra = state.extra
+        if importance_sampling:
+            if LOSS_HISTORY not in extra:
+                raise ValueError(
+                    f"importance_sampling=True needs state.extra[{LOSS_HISTORY!r}] "
+                    f"(diffax.timestep_sampler.init_loss_history(T)); state.extra has keys {sorted(extra)}"
+                )
+            key, k_t = jax.random.split(key)
+            history = extra[LOSS_HISTORY]
+            t, w = timestep_sampler.sample_timesteps(k_t, history, batch["x"].shape[0], uniform_prob=uniform_prob)
+            batch = dict(batch, t=t, t_weights=w)
         (loss, metrics), grads = grad_fn(state.params, key, batch, True)
+        metrics = dict(metrics)
+        per_example_vb, per_example_t = metrics.pop(PER_EXAMPLE_VB, None), metrics.pop(PER_EXAMPLE_T, None)
+        if importance_sampling:
+            if per_example_vb is None:
+                raise ValueError(
+                    "importance_sampling=True needs a loss that reports per-example L_t (diffusion_loss_fn "
+                    "with loss_type in ('vlb', 'rescaled_vlb', 'hybrid', 'rescaled_mse'), not 'simple')"
+                )
+            extra = dict(extra, **{LOSS_HISTORY: timestep_sampler.update_loss_history(history, per_example_t,
+                                                                                       per_example_vb)})
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
@@ -181,6 +224,7 @@ def make_train_step(
             params=params,
             ema_params=ema_update(state.ema_params, params, ema_decay),
             opt_state=opt_state,
+            extra=extra,
         )
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
         if lr_schedule is not None:
