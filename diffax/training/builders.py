@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.*                 method ('ddpm' | 'ddim'), num_steps (None = T), eta, num_samples, clip_x0,
                                batch_size (0 = all at once), spacing (DDIM's timestep spacing).
     eval.num_reference         held-out data points for the toy distances (0 = sampling.num_samples).
+    eval.bpd_num_examples      images: test images scored by the full VLB in bits/dim (0 = off; each costs T
+                               network calls), in batches of eval.bpd_batch_size.
+    eval.classifier_path       images: a `diffax.feature_fid` classifier (.msgpack) for the classifier FID
+                               of the samples against eval.fid_num_reference test images (0 = all).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -93,7 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
                        loss_type="simple", lambda_vlb=0.001, p_uncond=0.0, timestep_sampling="uniform")  # fmt: skip
     c.sampling = dict(method="ddpm", num_steps=config_dict.placeholder(int), eta=0.0, num_samples=1000,
                       clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading")  # fmt: skip
-    c.eval = dict(num_reference=0)
+    c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
+                  fid_num_reference=0)  # fmt: skip
     return c
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from diffax import data as data_lib
 from diffax.checkpoint import Checkpointer
-from diffax.training import builders, plots, sharding, step as step_lib
+from diffax.training import builders, image_eval as image_eval_lib, plots, sharding, step as step_lib
 from diffax.training.logging import MetricWriter, read_metrics
 from diffax.training.state import TrainState, create_train_state
 
@@ -52,7 +52,7 @@ __all__ = [
 
 CHECKPOINT_DIR = "checkpoints"
 # Streams of randomness derived from config.seed (never the same key for two purposes).
-_INIT_STREAM, _STATE_STREAM, _SAMPLE_STREAM, _TRAIN_SAMPLE_STREAM = 0, 1, 2, 3
+_INIT_STREAM, _STATE_STREAM, _SAMPLE_STREAM, _TRAIN_SAMPLE_STREAM, _EVAL_STREAM = 0, 1, 2, 3, 4
 # Seeds of the toy data sets used by `evaluate` (offsets of config.seed, far from the training set's).
 _HELDOUT_SEED_OFFSET, _BASELINE_SEED_OFFSET = 1_000_003, 2_000_003
 
@@ -319,8 +319,7 @@ def toy_metrics(samples: np.ndarray, heldout: np.ndarray, baseline: np.ndarray, 
 
 
 def image_metrics(samples: np.ndarray, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Image metrics hook. Bits/dim and FID will be added here (a later issue); for now the
-    per-channel mean and std of the samples and the fraction of values inside [-1, 1]."""
+    """Sample statistics of images: per-channel mean and std and the fraction inside [-1, 1]."""
     axes = tuple(range(samples.ndim - 1))
     return {
         "channel_mean": np.mean(samples, axis=axes).tolist(),
@@ -328,6 +327,48 @@ def image_metrics(samples: np.ndarray, config: ml_collections.ConfigDict) -> dic
         "fraction_in_range": float(np.mean(np.abs(samples) <= 1.0)),
         "num_samples": int(len(samples)),
     }
+
+
+def _test_split(config) -> tuple[np.ndarray, np.ndarray | None]:
+    name = config.data.name
+    split = "train" if name == "npz" else "test"  # an .npz holds one split
+    return data_lib.load_array(name, split=split, data_dir=config.data.data_dir, path=config.data.path)
+
+
+def image_eval(config: ml_collections.ConfigDict, workdir: str, samples: np.ndarray) -> dict[str, Any]:
+    """Test-split bits/dim (eval.bpd_num_examples > 0) and classifier FID (eval.classifier_path set)
+    of an image model, via `diffax.training.image_eval`. A class-conditional model trained with label
+    dropout (p_uncond > 0) is scored unconditionally (null class), one without it on the true labels.
+    """
+    e = config.eval
+    out: dict[str, Any] = {}
+    if not (e.bpd_num_examples or e.classifier_path):
+        return out
+    images, labels = _test_split(config)
+    num_classes = config.model.num_classes
+    if e.bpd_num_examples:
+        n = _check_interval("eval.bpd_num_examples", e.bpd_num_examples)
+        model, schedule, _, ema_params, _ = _restore_ema_params(config, workdir)
+        y = None
+        if num_classes is not None:
+            unconditional = config.diffusion.p_uncond > 0 or labels is None
+            y = np.full((min(n, len(images)),), num_classes, np.int32) if unconditional else labels[:n]
+            out["bpd_conditioning"] = "null_class" if unconditional else "true_labels"
+        t0 = time.perf_counter()
+        bpd = image_eval_lib.test_bits_per_dim(
+            model.apply, ema_params, schedule, images[:n], _key(config, _EVAL_STREAM), labels=y,
+            batch_size=_check_interval("eval.bpd_batch_size", e.bpd_batch_size),
+            mean_type=config.diffusion.mean_type, var_type=config.diffusion.var_type, progress=_is_main(),
+        )  # fmt: skip
+        out.update(test_bpd=bpd["bpd"], test_bpd_stderr=bpd["bpd_stderr"], test_prior_bpd=bpd["prior_bpd"],
+                   test_decoder_bpd=bpd["decoder_bpd"], bpd_num_examples=bpd["num_examples"])  # fmt: skip
+        out["bpd_seconds"] = time.perf_counter() - t0
+    if e.classifier_path:
+        n_ref = e.fid_num_reference or len(images)
+        sample_labels = None if num_classes is None else np.arange(len(samples)) % num_classes
+        out.update(image_eval_lib.classifier_metrics(samples, e.classifier_path, images[:n_ref],
+                                                 sample_labels=sample_labels))  # fmt: skip
+    return out
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, samples: np.ndarray | None = None) -> dict[str, Any]:
@@ -351,6 +392,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, samples: np.nda
         result = toy_metrics(samples, heldout, baseline, mixture=mixture)
     else:
         result = image_metrics(samples, config)
+        result.update(image_eval(config, workdir, samples))
     result = {"data": config.data.name, "checkpoint_step": step, **result}
     if _is_main():
         with open(os.path.join(workdir, "eval.json"), "w") as f:
