@@ -54,7 +54,7 @@ def test_config_keys_lock_and_build(path):
     assert set(config.keys()) == keys
     for k in CONTRACT_KEYS:
         _get(config, k)  # present (KeyError otherwise)
-    assert config.model.name in ("mlp", "unet")
+    assert config.model.name in ("mlp", "unet", "classifier")
     # Locked: a new key is an error, in Python and on the command line.
     with pytest.raises(AttributeError):
         config.training.num_stepz = 3
@@ -72,6 +72,11 @@ def test_config_keys_lock_and_build(path):
     tx = builders.build_optimizer(config)
     jax.eval_shape(tx.init, params)
     out = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((2, *shape)), jnp.zeros((2,), jnp.int32)), params)
+    if config.training.objective == "noisy_classifier":
+        assert out.shape == (2, config.model.num_classes)  # logits
+        with pytest.raises(ValueError, match="no sampler"):
+            builders.build_sampler(config, model, s, shape)
+        return
     assert out.shape == (2, *shape)
     sample_fn = builders.build_sampler(config, model, s, shape)
     assert jax.eval_shape(lambda p: sample_fn(p, jax.random.PRNGKey(0), 2), params).shape == (2, *shape)
@@ -106,6 +111,32 @@ def test_toy2d_config_arg_picks_the_data_set():
     assert _parse(path + ":checkerboard").data.name == "checkerboard"
     with pytest.raises(Exception, match="unknown data set"):
         _parse(path + ":nope")
+
+
+def test_objective_model_and_sampler_must_fit():
+    """A classifier trains only with 'noisy_classifier' and vice versa; 'ncsn' samples only with
+    'annealed_langevin'; guidance needs its ingredients. Each mismatch names the values."""
+    config = builders.base_config()
+    config.training.objective = "noisy_classifier"
+    with pytest.raises(ValueError, match="training.objective='noisy_classifier' does not fit model.name='mlp'"):
+        builders.objective(config)
+    config.training.objective = "score"
+    with pytest.raises(ValueError, match="training.objective must be one of"):
+        builders.objective(config)
+    config = builders.base_config()
+    model, s = builders.build_model(config, (2,)), builders.build_schedule(config)
+    config.sampling.method = "annealed_langevin"
+    with pytest.raises(ValueError, match="'ncsn' samples with 'annealed_langevin'"):
+        builders.build_sampler(config, model, s, (2,))
+    config.sampling.method, config.training.objective = "ddpm", "ncsn"
+    with pytest.raises(ValueError, match="sampling.method='ddpm' does not fit training.objective='ncsn'"):
+        builders.build_sampler(config, model, s, (2,))
+    config.training.objective, config.sampling.guidance_w = "diffusion", 1.0
+    with pytest.raises(ValueError, match="guidance_w=1.0 needs a class-conditional model"):
+        builders.build_sampler(config, model, s, (2,))
+    config.sampling.guidance_w, config.sampling.classifier_scale = 0.0, 2.0
+    with pytest.raises(ValueError, match="classifier_scale=2.0 needs a classifier"):
+        builders.build_sampler(config, model, s, (2,))
 
 
 @pytest.mark.parametrize(

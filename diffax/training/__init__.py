@@ -2,7 +2,7 @@
 
   state        `TrainState` (a plain checkpointable pytree), `create_train_state`
   optim        `make_optimizer` (DDPM's Adam + warm-up + clipping), `make_lr_schedule`, `ema_update`
-  step         `diffusion_loss_fn`, `dsm_loss_fn`, `ncsn_score_fn`, `make_train_step`, `check_finite`
+  step         `diffusion_loss_fn`, `dsm_loss_fn`, `ncsn_score_fn`, `noisy_classifier_loss_fn`, `make_train_step`, `check_finite`
   sharding     `make_mesh`, `shard_batch`, `replicate`, `jit_train_step` (jit over a 'data' mesh)
   distributed  `initialize` (``jax.distributed.initialize`` from flags, env, or SLURM/TPU)
 
@@ -27,6 +27,7 @@ from diffax.training.step import (  # noqa: F401
     check_finite,
     diffusion_loss_fn,
     dsm_loss_fn,
+    noisy_classifier_loss_fn,
     make_train_step,
     ncsn_score_fn,
 )

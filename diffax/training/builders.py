@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from diffax import diffusion, models, samplers, schedules
+from diffax import diffusion, guidance, models, samplers, schedules
 from diffax.schedules import Schedule
 from diffax.training import optim, step
 
@@ -36,8 +36,9 @@ __all__ = [
     "per_process_batch_size",
 ]
 
-MODELS = ("mlp", "unet")
-SAMPLING_METHODS = ("ddpm", "ddim")
+MODELS = ("mlp", "unet", "classifier")
+SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin")
+OBJECTIVES = ("diffusion", "ncsn", "noisy_classifier")
 
 
 def mlp_model_config() -> ml_collections.ConfigDict:
@@ -54,6 +55,16 @@ def unet_model_config() -> ml_collections.ConfigDict:
         dict(name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
              resblock_updown=False, use_scale_shift_norm=False, num_heads=1, num_head_channels=-1,
              num_groups=32, num_classes=config_dict.placeholder(int))  # fmt: skip
+    )
+
+
+def classifier_model_config() -> ml_collections.ConfigDict:
+    """`diffax.models.Classifier`'s fields for a noise-aware classifier f(y | x_t, t) (classifier guidance,
+    Dhariwal & Nichol 2021, sec. 4): time-conditional; ch/ch_mult/num_res_blocks for images, hidden /
+    num_layers for vectors."""
+    return ml_collections.ConfigDict(
+        dict(name="classifier", num_classes=10, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, hidden=256, num_layers=2,
+             time_conditional=True, dropout=0.0, num_groups=32)  # fmt: skip
     )
 
 
@@ -79,6 +90,14 @@ def base_config() -> ml_collections.ConfigDict:
                                Dhariwal 2021 sec. 3.3; needs a loss_type that computes L_t).
     sampling.*                 method ('ddpm' | 'ddim'), num_steps (None = T), eta, num_samples, clip_x0,
                                batch_size (0 = all at once), spacing (DDIM's timestep spacing).
+    training.objective         'diffusion' (DDPM family; diffusion.*), 'ncsn' (denoising score matching over
+                               ncsn.num_levels geometric sigmas in [ncsn.sigma_min, ncsn.sigma_max], Song &
+                               Ermon 2019) or 'noisy_classifier' (cross-entropy of f(y | x_t, t) on labelled
+                               data, x_t ~ q(x_t | x_0) with diffusion.*; model.name 'classifier').
+    sampling.langevin_eps, steps_per_level, denoise   method 'annealed_langevin' (ncsn): eps of Algorithm 1.
+    sampling.guidance_w        classifier-free guidance weight w (class-conditional diffusion models; 0 = off).
+    sampling.classifier_workdir, classifier_scale   classifier guidance with the noisy classifier trained
+                               in that workdir, gradient scale gamma (0 = off).
     eval.num_reference         held-out data points for the toy distances (0 = sampling.num_samples).
     eval.bpd_num_examples      images: test images scored by the full VLB in bits/dim (0 = off; each costs T
                                network calls), in batches of eval.bpd_batch_size.
@@ -95,8 +114,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = mlp_model_config()
     c.diffusion = dict(schedule="linear", num_timesteps=1000, mean_type="eps", var_type="fixed_small",
                        loss_type="simple", lambda_vlb=0.001, p_uncond=0.0, timestep_sampling="uniform")  # fmt: skip
+    c.training.objective = "diffusion"
+    c.ncsn = dict(sigma_max=1.0, sigma_min=0.01, num_levels=10)
     c.sampling = dict(method="ddpm", num_steps=config_dict.placeholder(int), eta=0.0, num_samples=1000,
-                      clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading")  # fmt: skip
+                      clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading",
+                      langevin_eps=2e-5, steps_per_level=100, denoise=True, guidance_w=0.0,
+                      classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0)  # fmt: skip
     c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
                   fid_num_reference=0)  # fmt: skip
     return c
@@ -136,6 +159,9 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
         if k in fields:
             fields[k] = tuple(fields[k])
     data_shape = tuple(int(d) for d in data_shape)
+    if name == "classifier":
+        fields.setdefault("num_classes", 10)
+        return models.Classifier(**fields)
     if name == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"model.name='mlp' needs vector data (D,), got example shape {data_shape}; use 'unet'")
@@ -196,8 +222,31 @@ def build_data(config: ml_collections.ConfigDict, *, split: str = "train"):
     )
 
 
+def objective(config: ml_collections.ConfigDict) -> str:
+    """training.objective, checked against `OBJECTIVES` and against model.name."""
+    obj = _choice("training.objective", config.training.objective, OBJECTIVES)
+    if (obj == "noisy_classifier") != (config.model.name == "classifier"):
+        raise ValueError(
+            f"training.objective={obj!r} does not fit model.name={config.model.name!r}: 'noisy_classifier' trains "
+            "model.name='classifier', and a classifier trains only with 'noisy_classifier'"
+        )
+    return obj
+
+
+def build_sigmas(config: ml_collections.ConfigDict) -> jax.Array:
+    """NCSN's geometric noise levels sigma_1 > ... > sigma_L from ncsn.* (`schedules.geometric_sigmas`)."""
+    n = config.ncsn
+    return schedules.geometric_sigmas(n.sigma_max, n.sigma_min, _positive_int("ncsn.num_levels", n.num_levels))
+
+
 def build_loss_fn(config: ml_collections.ConfigDict, model, schedule: Schedule) -> step.LossFn:
-    """`step.diffusion_loss_fn(model.apply, schedule, ...)` from diffusion.* and model.num_classes."""
+    """The training objective's `LossFn`: `step.diffusion_loss_fn` (diffusion.*, model.num_classes),
+    `step.dsm_loss_fn` over `build_sigmas` ('ncsn') or `step.noisy_classifier_loss_fn` ('noisy_classifier')."""
+    obj = objective(config)
+    if obj == "ncsn":
+        return step.dsm_loss_fn(model.apply, build_sigmas(config))
+    if obj == "noisy_classifier":
+        return step.noisy_classifier_loss_fn(model.apply, schedule)
     d = config.diffusion
     return step.diffusion_loss_fn(
         model.apply, schedule, loss_type=d.loss_type, mean_type=d.mean_type, var_type=d.var_type,
@@ -232,29 +281,82 @@ def initial_extra(config: ml_collections.ConfigDict) -> dict:
 
 
 def build_sampler(
-    config: ml_collections.ConfigDict, model, schedule: Schedule, data_shape: tuple[int, ...]
+    config: ml_collections.ConfigDict,
+    model,
+    schedule: Schedule,
+    data_shape: tuple[int, ...],
+    classifier: tuple[Any, Any] | None = None,
 ) -> Callable[[Any, jax.Array, int], jax.Array]:
     """``sample_fn(params, key, n) -> (n, *data_shape)`` samples of the model (not jitted; jit it).
 
     sampling.method 'ddpm' (ancestral; respaced to sampling.num_steps if given, Nichol & Dhariwal 2021
     sec. 4) or 'ddim' (eta = sampling.eta, Song et al. 2021); clip_x0 as in `diffusion.p_mean_variance`.
-    A class-conditional model (model.num_classes = K) samples the labels i mod K.
+    A class-conditional model (model.num_classes = K) samples the labels i mod K, with classifier-free
+    guidance if sampling.guidance_w != 0 (`diffax.guidance.classifier_free`, null class K).
+    ``classifier = (module, params)`` of a noise-aware classifier (K classes) with
+    sampling.classifier_scale != 0: classifier guidance toward the labels i mod K
+    (`diffax.guidance.classifier`; Dhariwal & Nichol 2021, Algorithms 1-2).
+    'annealed_langevin' (training.objective 'ncsn'): Song & Ermon 2019, Algorithm 1 over `build_sigmas`,
+    from x ~ N(0, sigma_1^2 I) (the sigma_1-perturbed data is close to it when sigma_1 is large).
     """
     s = config.sampling
     method = _choice("sampling.method", s.method, SAMPLING_METHODS)
+    obj = objective(config)
+    if obj == "noisy_classifier":
+        raise ValueError("training.objective='noisy_classifier' trains a classifier: it has no sampler (use it "
+                         "through sampling.classifier_workdir of a diffusion config)")
+    if (obj == "ncsn") != (method == "annealed_langevin"):
+        raise ValueError(f"sampling.method={method!r} does not fit training.objective={obj!r}: 'ncsn' samples "
+                         "with 'annealed_langevin', diffusion models with 'ddpm' or 'ddim'")
+    num_classes = config.model.num_classes
+    data_shape = tuple(int(d) for d in data_shape)
+    if method == "annealed_langevin":
+        sigmas = build_sigmas(config)
+        steps_per_level = _positive_int("sampling.steps_per_level", s.steps_per_level)
+
+        def langevin_fn(params, key: jax.Array, n: int) -> jax.Array:
+            y = None if num_classes is None else jnp.arange(n, dtype=jnp.int32) % num_classes
+            k_init, k_run = jax.random.split(key)
+            x_init = sigmas[0] * jax.random.normal(k_init, (n,) + data_shape)
+            score_fn = step.ncsn_score_fn(model.apply, {"params": params}, y=y)
+            return samplers.annealed_langevin(score_fn, sigmas, k_run, x_init, eps=s.langevin_eps,
+                                              steps_per_level=steps_per_level, denoise=s.denoise)  # fmt: skip
+
+        return langevin_fn
     T = schedule.num_timesteps
     num_steps = T if s.num_steps is None else _positive_int("sampling.num_steps", s.num_steps)
     if num_steps > T:
         raise ValueError(f"sampling.num_steps must be <= diffusion.num_timesteps={T}, got {num_steps}")
     mean_type, var_type = config.diffusion.mean_type, config.diffusion.var_type
-    num_classes = config.model.num_classes
-    data_shape = tuple(int(d) for d in data_shape)
+    w, scale = float(s.guidance_w), float(s.classifier_scale)
+    if w != 0 and num_classes is None:
+        raise ValueError(f"sampling.guidance_w={w} needs a class-conditional model (model.num_classes), got None")
+    if scale != 0 and classifier is None:
+        raise ValueError(f"sampling.classifier_scale={scale} needs a classifier (sampling.classifier_workdir)")
+    num_labels = num_classes
+    if scale != 0:
+        clf_module, clf_params = classifier
+        num_labels = clf_module.num_classes
 
     def sample_fn(params, key: jax.Array, n: int) -> jax.Array:
-        y = None if num_classes is None else jnp.arange(n, dtype=jnp.int32) % num_classes
+        y = None if num_labels is None else jnp.arange(n, dtype=jnp.int32) % num_labels
+        y_model = y if num_classes is not None else None
 
         def model_fn(x_t, t):
-            return model.apply({"params": params}, x_t, t, y=y, train=False)
+            return model.apply({"params": params}, x_t, t, y=y_model, train=False)
+
+        if w != 0:
+            model_fn = guidance.classifier_free(
+                lambda x_t, t, labels: model.apply({"params": params}, x_t, t, y=labels, train=False),
+                y, w=w, null_label=num_classes,
+            )  # fmt: skip
+        if scale != 0:
+            def log_prob_fn(x_t, t, labels):
+                logits = clf_module.apply({"params": clf_params}, x_t, t, train=False)
+                logp = jax.nn.log_softmax(logits, axis=-1)
+                return jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+            model_fn = guidance.classifier(model_fn, log_prob_fn, schedule, y, scale=scale)
 
         shape = (n,) + data_shape
         if method == "ddpm":

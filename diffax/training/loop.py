@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from diffax import data as data_lib
+from diffax import diffusion as diffusion_lib
 from diffax.checkpoint import Checkpointer
 from diffax.training import builders, image_eval as image_eval_lib, plots, sharding, step as step_lib
 from diffax.training.logging import MetricWriter, read_metrics
@@ -47,6 +48,9 @@ __all__ = [
     "wasserstein_1d",
     "sliced_wasserstein",
     "mode_weights",
+    "assign_components",
+    "classifier_eval",
+    "load_run",
     "CHECKPOINT_DIR",
 ]
 
@@ -215,6 +219,33 @@ def _restore_ema_params(config, workdir: str):
     return model, builders.build_schedule(config), data_shape, state.ema_params, step
 
 
+def load_run(workdir: str):
+    """(config, module, ema_params, step) of the run saved in `workdir` (its checkpoints/config.json and
+    latest checkpoint), e.g. a noise-aware classifier for classifier guidance."""
+    path = os.path.join(workdir, CHECKPOINT_DIR, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no run config {path}: train that run first (python -m diffax.main ... --mode=train)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    module, _, _, params, step = _restore_ema_params(config, workdir)
+    return config, module, params, step
+
+
+def _guidance_classifier(config):
+    """(module, ema_params) of sampling.classifier_workdir when sampling.classifier_scale != 0, else None."""
+    s = config.sampling
+    if not s.classifier_scale:
+        return None
+    if not s.classifier_workdir:
+        raise ValueError(f"sampling.classifier_scale={s.classifier_scale} needs sampling.classifier_workdir (the "
+                         "workdir of a training.objective='noisy_classifier' run), got None")  # fmt: skip
+    clf_config, module, params, _ = load_run(s.classifier_workdir)
+    if clf_config.training.objective != "noisy_classifier":
+        raise ValueError(f"{s.classifier_workdir} holds a {clf_config.training.objective!r} run, not a "
+                         "'noisy_classifier' one")  # fmt: skip
+    return module, params
+
+
 def _data_shape(config) -> tuple[int, ...]:
     """One example's shape: (D,) for toys, (H, W, C) for images (`diffax.data.data_shape`)."""
     return tuple(data_lib.data_shape(config.data.name, path=config.data.path))
@@ -227,7 +258,8 @@ def _generate(config, workdir: str) -> tuple[np.ndarray, int]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"sampling.num_samples must be an int >= 1, got {n!r}")
     chunk = config.sampling.batch_size or n
-    sample_fn = jax.jit(builders.build_sampler(config, model, schedule, data_shape), static_argnums=2)
+    sampler = builders.build_sampler(config, model, schedule, data_shape, classifier=_guidance_classifier(config))
+    sample_fn = jax.jit(sampler, static_argnums=2)
     key = _key(config, _SAMPLE_STREAM)
     out = []
     for j, lo in enumerate(range(0, n, chunk)):
@@ -283,12 +315,17 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, *, num_projections: int = 2
     return float(np.mean([wasserstein_1d(a @ v, b @ v) for v in u]))
 
 
-def mode_weights(x: np.ndarray, mixture) -> np.ndarray:
-    """Fraction of the points assigned to each component k by argmax_k w_k N(x; mu_k, diag(std_k^2))."""
+def assign_components(x: np.ndarray, mixture) -> np.ndarray:
+    """The most likely component of each point: argmax_k w_k N(x; mu_k, diag(std_k^2)), shape (N,)."""
     w, mu, sd = (np.asarray(v, np.float64) for v in (mixture.weights, mixture.means, mixture.stds))
     x = np.asarray(x, np.float64)[:, None, :]
     logp = np.log(w) - np.sum(np.log(sd) + 0.5 * ((x - mu) / sd) ** 2, axis=-1)
-    return np.bincount(np.argmax(logp, axis=1), minlength=len(w)) / x.shape[0]
+    return np.argmax(logp, axis=1)
+
+
+def mode_weights(x: np.ndarray, mixture) -> np.ndarray:
+    """Fraction of the points assigned to each component k by argmax_k w_k N(x; mu_k, diag(std_k^2))."""
+    return np.bincount(assign_components(x, mixture), minlength=len(mixture.weights)) / len(x)
 
 
 def toy_metrics(samples: np.ndarray, heldout: np.ndarray, baseline: np.ndarray, *, mixture=None) -> dict[str, Any]:
@@ -378,6 +415,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, samples: np.nda
     checkpoint) and ``eval.num_reference`` held-out points (default: as many as the samples),
     beside the data-vs-held-out baseline. Images: `image_metrics`.
     """
+    if builders.objective(config) == "noisy_classifier":
+        return _write_eval(workdir, classifier_eval(config, workdir))
     if samples is None:
         samples, step = _generate(config, workdir)
     else:
@@ -390,11 +429,56 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, samples: np.nda
         baseline = _reference_data(config, len(samples), _BASELINE_SEED_OFFSET)
         mixture = data_lib.toy_mixture(config.data.name)
         result = toy_metrics(samples, heldout, baseline, mixture=mixture)
+        num_labels = _sample_num_labels(config)
+        if mixture is not None and num_labels is not None:
+            # Conditional / guided samples were drawn for labels i mod K: how often is the requested
+            # component the most likely one?
+            result["label_accuracy"] = float(np.mean(assign_components(samples, mixture) ==
+                                                     np.arange(len(samples)) % num_labels))  # fmt: skip
     else:
         result = image_metrics(samples, config)
         result.update(image_eval(config, workdir, samples))
-    result = {"data": config.data.name, "checkpoint_step": step, **result}
+    return _write_eval(workdir, {"data": config.data.name, "checkpoint_step": step, **result})
+
+
+def _write_eval(workdir: str, result: dict[str, Any]) -> dict[str, Any]:
     if _is_main():
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def _sample_num_labels(config) -> int | None:
+    """K when samples are drawn for labels i mod K (a class-conditional model or classifier guidance)."""
+    if config.sampling.classifier_scale:
+        return int(load_run(config.sampling.classifier_workdir)[1].num_classes)
+    return config.model.num_classes
+
+
+def classifier_eval(config: ml_collections.ConfigDict, workdir: str, *, num_examples: int = 2000) -> dict[str, Any]:
+    """A noise-aware classifier's accuracy argmax f(x_t, t) = y on held-out labelled data (toys: fresh
+    points; images: the test split), x_t ~ q(x_t | x_0) at t in {0, T/4, T/2, 3T/4, T-1}."""
+    model, schedule, _, params, step = _restore_ema_params(config, workdir)
+    if config.data.name in data_lib.TOY_DATASETS:
+        x, y = data_lib.toy(config.data.name, num_examples, seed=config.seed + _HELDOUT_SEED_OFFSET)
+        x = np.asarray(x, np.float32)
+    else:
+        images, y = _test_split(config)
+        x = image_eval_lib.to_model_range(images[:num_examples])
+        y = None if y is None else y[:num_examples]
+    if y is None:
+        raise ValueError(f"data set {config.data.name!r} has no labels: a classifier cannot be evaluated on it")
+    T = schedule.num_timesteps
+    ts = sorted({0, T // 4, T // 2, 3 * T // 4, T - 1})
+
+    @jax.jit
+    def accuracy(key, t):
+        tb = jnp.full((x.shape[0],), t, jnp.int32)
+        x_t = diffusion_lib.q_sample(schedule, jnp.asarray(x), tb, jax.random.normal(key, x.shape))
+        logits = model.apply({"params": params}, x_t, tb, train=False)
+        return jnp.mean((jnp.argmax(logits, -1) == jnp.asarray(y)).astype(jnp.float32))
+
+    key = _key(config, _EVAL_STREAM)
+    acc = {str(t): float(accuracy(jax.random.fold_in(key, t), t)) for t in ts}
+    return {"data": config.data.name, "checkpoint_step": step, "objective": "noisy_classifier",
+            "accuracy_at_t": acc, "num_examples": int(len(y))}  # fmt: skip

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffax import losses, timestep_sampler
+from diffax import diffusion, losses, timestep_sampler
 from diffax.diffusion import MEAN_TYPES, VAR_TYPES
 from diffax.schedules import Schedule
 from diffax.training.optim import ema_update
@@ -33,7 +33,10 @@ PER_EXAMPLE_VB = "per_example_vb"
 PER_EXAMPLE_T = "per_example_t"
 LOSS_HISTORY = "loss_history"
 
-__all__ = ["LOSS_HISTORY", "PER_EXAMPLE_T", "PER_EXAMPLE_VB", "LossFn", "diffusion_loss_fn", "dsm_loss_fn", "ncsn_score_fn", "make_train_step", "check_finite"]
+__all__ = [
+    "LOSS_HISTORY", "PER_EXAMPLE_T", "PER_EXAMPLE_VB", "LossFn", "diffusion_loss_fn", "dsm_loss_fn", "ncsn_score_fn",
+    "noisy_classifier_loss_fn", "make_train_step", "check_finite",
+]  # fmt: skip
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -155,6 +158,32 @@ def dsm_loss_fn(apply_fn: ApplyFn, sigmas: Array) -> LossFn:
         score_fn = ncsn_score_fn(apply_fn, {"params": params}, train=train, rngs={"dropout": k_dropout})
         loss = jnp.mean(losses.dsm(score_fn, sigmas, k_loss, batch["x"]))
         return loss, {"loss": loss}
+
+    return loss_fn
+
+
+def noisy_classifier_loss_fn(apply_fn: ApplyFn, schedule: Schedule) -> LossFn:
+    """Cross-entropy of a noise-aware classifier f(y | x_t, t) as a `LossFn` (classifier guidance;
+    Dhariwal & Nichol 2021, sec. 4.1, guided-diffusion's classifier_train.py):
+
+        t ~ U{0..T-1},  eps ~ N(0, I),  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
+        loss = mean_b -log softmax(f(x_t, t))_{y_b}.
+
+    The batch needs labels 'y' (B,). The model is called as ``apply_fn({'params': params}, x_t, t,
+    train=train, rngs={'dropout': k})``. Metrics: 'loss' and 'accuracy' (argmax f = y on the noisy x_t).
+    """
+
+    def loss_fn(params: PyTree, key: Array, batch: Batch, train: bool) -> tuple[Array, dict[str, Array]]:
+        if "y" not in batch:
+            raise ValueError(f"noisy_classifier_loss_fn needs labels: the batch has keys {sorted(batch)}, no 'y'")
+        k_dropout, k_t, k_noise = jax.random.split(key, 3)
+        x0, y = batch["x"], batch["y"]
+        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
+        x_t = diffusion.q_sample(schedule, x0, t, jax.random.normal(k_noise, x0.shape, x0.dtype))
+        logits = apply_fn({"params": params}, x_t, t, train=train, rngs={"dropout": k_dropout})
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
+        return loss, {"loss": loss, "accuracy": accuracy}
 
     return loss_fn
 
