@@ -404,3 +404,40 @@ def test_importance_sampling_needs_history_and_a_vb_loss():
     state = state.replace(extra={LOSS_HISTORY: hist})
     with pytest.raises(ValueError, match="per-example L_t"):
         make_train_step(simple, tx, ema_decay=0.9, importance_sampling=True)(state, {"x": x})
+
+
+# ----------------------------------------------------------------------------- EMA warm-up and debiasing
+
+
+def test_ema_warmup_decay_schedule_and_step(x64):
+    """ema_decay_at: min(d, (1+k)/(10+k)) exactly; d itself without warm-up. make_train_step with
+    ema_warmup=True applies the step's decay: the first update (k = 0, decay 0.1) gives
+    ema = 0.1 theta_0 + 0.9 theta_1 (rtol 1e-12 in x64)."""
+    from diffax.training.optim import ema_decay_at
+
+    ks = np.arange(0, 20000, 37)
+    np.testing.assert_allclose(np.asarray(ema_decay_at(ks, 0.999)), np.minimum(0.999, (1 + ks) / (10 + ks)), rtol=1e-6)
+    assert ema_decay_at(5, 0.999, warmup=False) == 0.999
+    tx = optax.sgd(0.1)
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    state = create_train_state(params=params, tx=tx, rng=jax.random.PRNGKey(0))
+    step = jax.jit(make_train_step(_quadratic_loss, tx, ema_decay=0.999, ema_warmup=True))
+    new, _ = step(state, {"x": jnp.array([[0.5, 0.25], [1.0, -1.0]])})
+    np.testing.assert_allclose(new.ema_params["w"], 0.1 * state.params["w"] + 0.9 * new.params["w"], rtol=1e-12)
+
+
+def test_debias_ema_is_the_normalised_average_of_the_iterates(x64):
+    """After n constant-decay updates, debias_ema(ema, theta_0, d, n) = sum_k w_k theta_k with
+    w_k = (1 - d) d^(n-k) / (1 - d^n) (rtol 1e-10); the raw EMA keeps d^n theta_0 (negative control)."""
+    from diffax.training.optim import debias_ema
+
+    rng = np.random.default_rng(0)
+    thetas = rng.normal(size=(31, 3))  # theta_0 .. theta_30
+    d, n = 0.9, 30
+    ema = thetas[0]
+    for k in range(1, n + 1):
+        ema = ema_update(ema, thetas[k], d)
+    w = (1 - d) * d ** (n - np.arange(1, n + 1)) / (1 - d**n)
+    want = np.sum(w[:, None] * thetas[1:], axis=0)
+    np.testing.assert_allclose(debias_ema({"a": ema}, {"a": thetas[0]}, d, n)["a"], want, rtol=1e-10)
+    assert np.max(np.abs(np.asarray(ema) - want)) > 1e-3

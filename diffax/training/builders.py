@@ -82,7 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     training.checkpoint_every  save every n steps (and at the end); keep_checkpoints: keep the last K.
     training.log_every         log metrics (TensorBoard + metrics.jsonl) every n steps.
     training.sample_every      save a sample picture every n steps (0 = off).
-    training.ema_decay         EMA of the parameters (sampling uses the EMA).
+    training.ema_decay         EMA of the parameters (sampling uses the EMA); ema_warmup: decay of update k
+                               min(ema_decay, (1 + k) / (10 + k)) (`optim.ema_decay_at`), so the EMA
+                               forgets the initialisation (without it, 0.999^n of it stays).
     optim.*                    `diffax.training.optim.make_optimizer` (lr, warmup_steps, grad_clip, ...).
     model.*                    model.name ('mlp' | 'unet') and that model's fields.
     diffusion.*                schedule, num_timesteps, mean_type, var_type, loss_type, lambda_vlb, p_uncond,
@@ -109,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = dict(name="two_moons", path=config_dict.placeholder(str), data_dir=config_dict.placeholder(str),
                   num_train=config_dict.placeholder(int), random_flip=False)  # fmt: skip
     c.training = dict(num_steps=1000, batch_size=128, checkpoint_every=500, keep_checkpoints=3, log_every=50,
-                      sample_every=0, ema_decay=0.999)  # fmt: skip
+                      sample_every=0, ema_decay=0.999, ema_warmup=True)  # fmt: skip
     c.optim = dict(lr=1e-3, warmup_steps=0, grad_clip=1.0, weight_decay=0.0, decay_steps=config_dict.placeholder(int))
     c.model = mlp_model_config()
     c.diffusion = dict(schedule="linear", num_timesteps=1000, mean_type="eps", var_type="fixed_small",

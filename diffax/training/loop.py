@@ -130,7 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     loss_fn = builders.build_loss_fn(config, model, schedule)
     train_step = sharding.jit_train_step(
         step_lib.make_train_step(loss_fn, tx, ema_decay=t.ema_decay, lr_schedule=builders.build_lr_schedule(config),
-                                 importance_sampling=builders.importance_sampling(config)),
+                                 importance_sampling=builders.importance_sampling(config),
+                                 ema_warmup=bool(t.ema_warmup)),
         mesh,
     )
 

@@ -20,7 +20,7 @@ import optax
 from diffax import diffusion, losses, timestep_sampler
 from diffax.diffusion import MEAN_TYPES, VAR_TYPES
 from diffax.schedules import Schedule
-from diffax.training.optim import ema_update
+from diffax.training.optim import ema_decay_at, ema_update
 from diffax.training.state import TrainState
 
 Array = jax.Array
@@ -196,6 +196,7 @@ def make_train_step(
     lr_schedule: optax.Schedule | None = None,
     importance_sampling: bool = False,
     uniform_prob: float = 0.001,
+    ema_warmup: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
     """One update, pure:  train_step(state, batch) -> (new_state, metrics).
 
@@ -204,6 +205,9 @@ def make_train_step(
         params' = params + tx.update(g, opt_state, params)
         ema'    = ema_decay * ema + (1 - ema_decay) * params'      (`ema_update`)
         step'   = step + 1
+
+    With ``ema_warmup`` the decay of update k is ``min(ema_decay, (1 + k) / (10 + k))``
+    (`diffax.training.optim.ema_decay_at`); the config default (training.ema_warmup) is on.
 
     Metrics: those of `loss_fn` plus 'grad_norm' (global L2 norm of g, before clipping) and, if
     `lr_schedule` is given, 'lr' (the rate used by this update). Under a 'data'-sharded batch the
@@ -251,7 +255,7 @@ def make_train_step(
         new_state = state.replace(
             step=state.step + 1,
             params=params,
-            ema_params=ema_update(state.ema_params, params, ema_decay),
+            ema_params=ema_update(state.ema_params, params, ema_decay_at(state.step, ema_decay, ema_warmup)),
             opt_state=opt_state,
             extra=extra,
         )
