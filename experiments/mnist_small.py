@@ -10,9 +10,13 @@ time reserved for sampling; then 64 samples with 100 DDIM steps (eta = 0) of the
 Outputs in the workdir: samples.png (8x8 grid), samples.npy, loss.png, metrics.jsonl, TensorBoard
 events, and mnist_small.json (steps, steps/s, seconds). Re-running with the same workdir resumes.
 
-Measured (idle 2-core CPU): ~2.0 train steps/s (batch 64) once compiled, ~20 s to compile, 16 s to
-sample; so --minutes=25 trains ~2,700 steps (loss ~0.04). Expected: mostly recognisable digits at that
-point (not yet verified on this machine: the lead runs it); --minutes=45 for cleaner ones.
+Measured (this 2-core CPU, class-conditional, --num_steps=2000): 0.79-0.85 train steps/s at batch 64
+(38 min for 2000 steps; an earlier, less loaded machine gave ~2 steps/s), loss 0.025 at the end,
+34 s to sample 64. That run predates the EMA warm-up (training.ema_warmup, now on by default): its
+constant-decay EMA kept 0.999^2000 = 13.5% of the zero-output initialisation, which shrank the
+predicted eps by ~11% and left speckle noise in samples.png; experiments/ddim_steps.py and
+cfg_mnist.py remove that share exactly (`diffax.training.optim.debias_ema`). 2000 steps (~2
+epochs) give digit-like strokes, not clean digits: see the README for the grids.
 """
 
 from __future__ import annotations
