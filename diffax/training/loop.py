@@ -451,8 +451,9 @@ def _write_eval(workdir: str, result: dict[str, Any]) -> dict[str, Any]:
 
 def _sample_num_labels(config) -> int | None:
     """K when samples are drawn for labels i mod K (a class-conditional model or classifier guidance)."""
-    if config.sampling.classifier_scale:
-        return int(load_run(config.sampling.classifier_workdir)[1].num_classes)
+    if config.sampling.classifier_scale:  # the classifier's class count, from its saved config (no restore)
+        with open(os.path.join(config.sampling.classifier_workdir, CHECKPOINT_DIR, "config.json")) as f:
+            return int(json.load(f)["model"]["num_classes"])
     return config.model.num_classes
 
 
