@@ -63,6 +63,7 @@ def main(argv=None) -> dict:
         raise ValueError(f"{args.workdir} holds an unconditional model (model.num_classes=None); CFG needs a "
                          "class-conditional one trained with p_uncond > 0 (mnist_small.py --conditional)")
     test_images, _ = data.load_array("mnist_local", split="test", path=args.data_path)
+    reference = image_eval.classifier_reference(args.classifier, test_images)  # test-set features, once
     y = jnp.repeat(jnp.arange(k, dtype=jnp.int32), args.per_class)  # class-major: row c = digit c
     n = int(y.shape[0])
 
@@ -84,8 +85,8 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         x = np.asarray(jax.device_get(compiled(jnp.float32(w), key)))
         t_run = time.perf_counter() - t0
-        m = image_eval.classifier_metrics(x, args.classifier, test_images, sample_labels=np.asarray(y))
-        per_class = _per_class_accuracy(x, np.asarray(y), args.classifier)
+        m = image_eval.reference_metrics(x, reference, sample_labels=np.asarray(y))
+        per_class = _per_class_accuracy(x, np.asarray(y), reference)
         results.append(dict(w=w, accuracy=m["sample_accuracy"], classifier_fid=m["classifier_fid"],
                             per_class_accuracy=per_class, sample_s=t_run, num_samples=n))  # fmt: skip
         panels.append(x.reshape(k, args.per_class, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]))
@@ -106,11 +107,10 @@ def main(argv=None) -> dict:
     return summary
 
 
-def _per_class_accuracy(x, y, classifier_path) -> list[float]:
+def _per_class_accuracy(x, y, reference) -> list[float]:
     from diffax import feature_fid
 
-    model, params = feature_fid.load_classifier(classifier_path)
-    logits, _ = feature_fid.classifier_outputs(np.clip(x, -1, 1), model=model, params=params)
+    logits, _ = feature_fid.classifier_outputs(np.clip(x, -1, 1), model=reference.model, params=reference.params)
     hit = np.argmax(logits, axis=1) == y
     return [float(np.mean(hit[y == c])) for c in np.unique(y)]
 

@@ -100,6 +100,7 @@ def main(argv=None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     config, model, schedule, data_shape, params, ckpt_step = load_mnist_small(args.workdir, args.data_path)
     test_images, _ = data.load_array("mnist_local", split="test", path=args.data_path)
+    reference = image_eval.classifier_reference(args.classifier, test_images)  # test-set features, once
     num_classes = config.model.num_classes
     labels = None if num_classes is None else np.arange(args.num_samples) % num_classes
 
@@ -121,7 +122,7 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             x = np.asarray(jax.device_get(compiled(params, key)))
             t_run = time.perf_counter() - t0
-            m = image_eval.classifier_metrics(x, args.classifier, test_images, sample_labels=labels)
+            m = image_eval.reference_metrics(x, reference, sample_labels=labels)
             row = dict(method=method, eta=eta, steps=steps, classifier_fid=m["classifier_fid"],
                        sample_accuracy=m.get("sample_accuracy"), compile_s=t_compile, sample_s=t_run,
                        num_samples=args.num_samples)  # fmt: skip

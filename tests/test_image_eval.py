@@ -109,6 +109,9 @@ def test_classifier_metrics_match_feature_fid(classifier_file):
     assert out["classifier_fid"] > 100 * 1e-6  # negative control: other images are far from 0
     assert out["sample_accuracy"] == feature_fid.classifier_accuracy(clipped, labels, model=model, params=params)
     assert out["num_fid_samples"] == 100 and out["num_reference"] == 200
+    # A reference built once and reused gives the same numbers as the one-shot call.
+    reference = image_eval.classifier_reference(path, ref)
+    assert image_eval.reference_metrics(samples, reference, sample_labels=labels) == out
 
 
 def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):

@@ -344,14 +344,14 @@ def build_sampler(
         y = None if num_labels is None else jnp.arange(n, dtype=jnp.int32) % num_labels
         y_model = y if num_classes is not None else None
 
+        def eps_fn(x_t, t, labels):
+            return model.apply({"params": params}, x_t, t, y=labels, train=False)
+
         def model_fn(x_t, t):
-            return model.apply({"params": params}, x_t, t, y=y_model, train=False)
+            return eps_fn(x_t, t, y_model)
 
         if w != 0:
-            model_fn = guidance.classifier_free(
-                lambda x_t, t, labels: model.apply({"params": params}, x_t, t, y=labels, train=False),
-                y, w=w, null_label=num_classes,
-            )  # fmt: skip
+            model_fn = guidance.classifier_free(eps_fn, y, w=w, null_label=num_classes)
         if scale != 0:
             def log_prob_fn(x_t, t, labels):
                 logits = clf_module.apply({"params": clf_params}, x_t, t, train=False)

@@ -19,7 +19,7 @@ calls them from the config (eval.*).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,8 @@ from tqdm import tqdm
 from diffax import feature_fid, likelihood
 from diffax.schedules import Schedule
 
-__all__ = ["to_model_range", "test_bits_per_dim", "classifier_metrics"]
+__all__ = ["to_model_range", "test_bits_per_dim", "ClassifierReference", "classifier_reference", "reference_metrics",
+           "classifier_metrics"]
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
@@ -107,6 +108,56 @@ def test_bits_per_dim(
     }
 
 
+class ClassifierReference(NamedTuple):
+    """A loaded feature classifier and the feature statistics of the reference images."""
+
+    model: Any
+    params: Any
+    stats: tuple[np.ndarray, np.ndarray]  # (mu (F,), sigma (F, F)), float64
+    num_reference: int
+
+
+def classifier_reference(classifier_path: str, reference_images: np.ndarray, *,
+                         batch_size: int = 500) -> ClassifierReference:  # fmt: skip
+    """Loads the classifier saved at ``classifier_path`` (`feature_fid.save_classifier`) and fits the
+    Gaussian of its penultimate features on ``reference_images`` (uint8, e.g. the test split), once,
+    for any number of `reference_metrics` calls."""
+    model, params = feature_fid.load_classifier(classifier_path)
+    stats = feature_fid.feature_stats(to_model_range(reference_images), model=model, params=params,
+                                      batch_size=batch_size)  # fmt: skip
+    return ClassifierReference(model, params, stats, int(len(reference_images)))
+
+
+def reference_metrics(
+    samples: np.ndarray,
+    reference: ClassifierReference,
+    *,
+    sample_labels: np.ndarray | None = None,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Classifier FID of ``samples`` (N, H, W, C) in [-1, 1] against ``reference``:
+
+    FID = ||mu_s - mu_r||^2 + tr(S_s + S_r - 2 (S_s S_r)^{1/2}) of the penultimate features
+    (Heusel et al. 2017, eq. 6). It is biased upwards at small N: compare values at equal N only.
+    Samples are clipped to [-1, 1] first (the data range; papers quantize samples to uint8 before FID).
+    With ``sample_labels`` (the classes the samples were drawn for) also the classifier's accuracy
+    on the samples. Returns dict(classifier_fid, num_fid_samples, num_reference[, sample_accuracy]).
+    """
+    model, params = reference.model, reference.params
+    samples = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
+    out: dict[str, Any] = {
+        "classifier_fid": feature_fid.feature_fid(samples, reference.stats, model=model, params=params,
+                                                  batch_size=batch_size),  # fmt: skip
+        "num_fid_samples": int(len(samples)),
+        "num_reference": reference.num_reference,
+    }
+    if sample_labels is not None:
+        out["sample_accuracy"] = feature_fid.classifier_accuracy(
+            samples, np.asarray(sample_labels), model=model, params=params, batch_size=batch_size
+        )
+    return out
+
+
 def classifier_metrics(
     samples: np.ndarray,
     classifier_path: str,
@@ -115,27 +166,7 @@ def classifier_metrics(
     sample_labels: np.ndarray | None = None,
     batch_size: int = 500,
 ) -> dict[str, Any]:
-    """Classifier FID of ``samples`` (N, H, W, C) in [-1, 1] against ``reference_images`` (uint8, e.g.
-    the test split), with the classifier saved at ``classifier_path`` (`feature_fid.save_classifier`).
-
-    FID = ||mu_s - mu_r||^2 + tr(S_s + S_r - 2 (S_s S_r)^{1/2}) of the penultimate features
-    (Heusel et al. 2017, eq. 6). It is biased upwards at small N: compare values at equal N only.
-    Samples are clipped to [-1, 1] first (the data range; papers quantize samples to uint8 before FID).
-    With ``sample_labels`` (the classes the samples were drawn for) also the classifier's accuracy
-    on the samples. Returns dict(classifier_fid, num_fid_samples, num_reference[, sample_accuracy]).
-    """
-    model, params = feature_fid.load_classifier(classifier_path)
-    ref = feature_fid.feature_stats(to_model_range(reference_images), model=model, params=params,
-                                    batch_size=batch_size)  # fmt: skip
-    samples = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
-    out: dict[str, Any] = {
-        "classifier_fid": feature_fid.feature_fid(samples, ref, model=model, params=params, batch_size=batch_size),
-        "num_fid_samples": int(len(samples)),
-        "num_reference": int(len(reference_images)),
-    }
-    if sample_labels is not None:
-        out["sample_accuracy"] = feature_fid.classifier_accuracy(
-            samples, np.asarray(sample_labels), model=model, params=params, batch_size=batch_size
-        )
-    return out
-
+    """One-shot `classifier_reference` + `reference_metrics` (for one set of samples; to score many,
+    build the reference once)."""
+    reference = classifier_reference(classifier_path, reference_images, batch_size=batch_size)
+    return reference_metrics(samples, reference, sample_labels=sample_labels, batch_size=batch_size)
