@@ -15,11 +15,11 @@ Expected (the paper, TPU v3-8, ~10.6 h for 800k steps): FID 3.17, IS 9.46 (image
 in `eval` yet: it reports sample statistics).
 """
 
-from diffax.training import builders
+from diffax.training import presets
 
 
 def get_config():
-    config = builders.base_config()
+    config = presets.base_config()
     config.seed = 0
     config.data.name = "cifar10"
     config.data.random_flip = True
@@ -33,7 +33,7 @@ def get_config():
     config.optim.lr = 2e-4
     config.optim.warmup_steps = 5000
     config.optim.grad_clip = 1.0
-    config.model = builders.unet_model_config()  # ch=128, (1, 2, 2, 2), 2 blocks, attn 16, dropout 0.1
+    config.model = presets.unet_model_config()  # ch=128, (1, 2, 2, 2), 2 blocks, attn 16, dropout 0.1
     config.diffusion.schedule = "linear"
     config.diffusion.num_timesteps = 1000
     config.diffusion.mean_type = "eps"

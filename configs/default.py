@@ -7,11 +7,11 @@ DDPM samples); samples.png shows the two moons; eval.json: sliced_w1_samples_vs_
 the data-vs-data baseline 0.016 (distance_ratio 2.5).
 """
 
-from diffax.training import builders
+from diffax.training import presets
 
 
 def get_config():
-    config = builders.base_config()
+    config = presets.base_config()
     config.seed = 0
     config.data.name = "two_moons"
     config.training.num_steps = 10_000

@@ -7,11 +7,11 @@ W1 of 2000 fresh data points (tests/test_main.py bounds it by 2.5x), mode weight
 samples.png is a histogram over the true density.
 """
 
-from diffax.training import builders
+from diffax.training import presets
 
 
 def get_config():
-    config = builders.base_config()
+    config = presets.base_config()
     config.seed = 0
     config.data.name = "gmm1d"
     config.data.num_train = 800

@@ -12,7 +12,7 @@ distance_ratio ~1-2 and, for the mixtures, mode weights near the true ones (the 
 recovers the weights; plain Langevin does not, see experiments/score_2d.py). About a minute on 2 cores.
 """
 
-from diffax.training import builders
+from diffax.training import presets
 
 NAMES = ("two_moons", "swiss_roll", "checkerboard", "gmm2d", "gmm2d_grid", "gmm2d_ring")
 
@@ -21,7 +21,7 @@ def get_config(arg=None):
     name = arg or "gmm2d"
     if name not in NAMES:
         raise ValueError(f"ncsn_toy2d: unknown data set {name!r}; allowed: {NAMES}")
-    config = builders.base_config()
+    config = presets.base_config()
     config.seed = 0
     config.data.name = name
     config.training.objective = "ncsn"

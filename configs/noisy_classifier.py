@@ -15,9 +15,8 @@ reports label_accuracy: how often the requested component is the most likely one
 
 import os
 
-from diffax.training import builders
+from diffax.training import presets
 
-_LOCAL_MNIST = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mnist"))
 NAMES = ("gmm2d", "gmm2d_grid", "gmm2d_ring", "two_moons", "mnist")
 _NUM_CLASSES = {"gmm2d": 3, "gmm2d_grid": 25, "gmm2d_ring": 8, "two_moons": 2, "mnist": 10}
 
@@ -26,17 +25,18 @@ def get_config(arg=None):
     name = arg or "gmm2d"
     if name not in NAMES:
         raise ValueError(f"noisy_classifier: unknown data set {name!r}; allowed: {NAMES}")
-    config = builders.base_config()
+    config = presets.base_config()
     config.seed = 0
     config.training.objective = "noisy_classifier"
-    config.model = builders.classifier_model_config()
+    config.model = presets.classifier_model_config()
     config.model.num_classes = _NUM_CLASSES[name]
     config.diffusion.schedule = "linear"
     config.diffusion.num_timesteps = 1000
     config.training.log_every = 100
     config.training.ema_decay = 0.99
     if name == "mnist":
-        config.data.name, config.data.path = "mnist_local", _LOCAL_MNIST
+        mnist = presets.load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist.py"))
+        config.data.name, config.data.path = mnist.data.name, mnist.data.path
         config.model.ch, config.model.ch_mult, config.model.num_groups = 16, (1, 2, 2), 8
         config.training.num_steps, config.training.batch_size, config.training.checkpoint_every = 3000, 128, 1000
         config.optim.lr, config.optim.warmup_steps = 1e-3, 100

@@ -9,7 +9,7 @@ held-out data over the data-vs-data baseline) below ~2; for the mixtures mode we
 A few minutes on 2 CPU cores.
 """
 
-from diffax.training import builders
+from diffax.training import presets
 
 NAMES = ("two_moons", "swiss_roll", "checkerboard", "gmm2d", "gmm2d_grid", "gmm2d_ring")
 
@@ -18,7 +18,7 @@ def get_config(arg=None):
     name = arg or "swiss_roll"
     if name not in NAMES:
         raise ValueError(f"toy2d: unknown data set {name!r}; allowed: {NAMES}")
-    config = builders.base_config()
+    config = presets.base_config()
     config.seed = 0
     config.data.name = name
     config.training.num_steps = 6000

@@ -7,7 +7,9 @@ Three equivalent parameterizations of a denoiser's output are supported:
 and the score of the marginal, s(x_t) = grad log q(x_t) = -eps / b_t (Song et al. 2021; Vincent 2011).
 
 Every function is pure, works batch-first with ``t`` an int array of shape (B,) (a scalar t is
-broadcast), and is safe under jit/vmap/grad.
+broadcast), and is safe under jit/vmap/grad. Every table lookup goes through `extract`, which
+rejects a concrete t outside [0, T-1] with a ValueError naming the bad values; a traced t cannot
+be checked and an out-of-range one gives NaN (see `extract`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from diffax._util import ModelFn, check_choice, check_timestep_range, expand_to
 from diffax.schedules import Schedule
 
 Array = jnp.ndarray
+ClipX0 = float | Callable[[Array], Array] | None
 
 MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -26,6 +30,8 @@ VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 __all__ = [
     "MEAN_TYPES",
     "VAR_TYPES",
+    "ModelFn",
+    "ClipX0",
     "extract",
     "q_mean_variance",
     "q_sample",
@@ -40,7 +46,9 @@ __all__ = [
     "score_to_eps",
     "predict_x0",
     "split_variance_output",
+    "split_model_output",
     "model_variance",
+    "apply_clip",
     "p_mean_variance",
 ]
 
@@ -49,21 +57,25 @@ def extract(table: Array, t: Array, ndim: int) -> Array:
     """table[t] reshaped to broadcast against a batch-first array of rank `ndim`.
 
     t of shape (B,) gives (B, 1, ..., 1); a scalar t gives shape (1,) * ndim.
+
+    Range: a CONCRETE t (a Python int, NumPy or JAX array outside a trace) must lie in
+    [0, T-1], T = len(table); otherwise ValueError naming the bad values and the allowed range
+    (a NumPy-style t = -1 would silently read the last entry, t = T past the end). Under
+    jit / vmap / scan t is a tracer and no check is possible; there an out-of-range index gives
+    NaN (for float tables): t >= T through the out-of-bounds fill of ``jnp.take``, and t < 0
+    is sent out of bounds on purpose instead of wrapping around.
     """
+    n = table.shape[0]
+    check_timestep_range(t, n)
     t = jnp.asarray(t)
-    vals = jnp.take(table, t)
-    return vals.reshape(t.shape + (1,) * (ndim - t.ndim))
+    vals = jnp.take(table, jnp.where(t < 0, n, t), mode="fill")  # NaN fill for float tables
+    return expand_to(vals, ndim)
 
 
 def _coefs(s: Schedule, t: Array, ndim: int) -> tuple[Array, Array]:
     """(a_t, b_t) = (sqrt(alpha-bar_t), sqrt(1 - alpha-bar_t)) broadcast to rank `ndim`."""
     acp = extract(s.alphas_cumprod, t, ndim)
     return jnp.sqrt(acp), jnp.sqrt(1.0 - acp)
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
 
 
 # --------------------------------------------------------------------------- forward process
@@ -165,7 +177,7 @@ def score_to_eps(s: Schedule, x_t: Array, t: Array, score: Array) -> Array:
 
 def predict_x0(s: Schedule, model_output: Array, x_t: Array, t: Array, mean_type: str = "eps") -> Array:
     """The model's estimate of x_0 from its output under `mean_type` ('eps', 'x0' or 'v')."""
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
+    check_choice("mean_type", mean_type, MEAN_TYPES)
     if mean_type == "eps":
         return eps_to_x0(s, x_t, t, model_output)
     if mean_type == "v":
@@ -178,7 +190,7 @@ def split_variance_output(model_output: Array, var_type: str) -> tuple[Array, Ar
 
     For fixed variances the output is returned whole, with None for the variance part.
     """
-    _check_choice("var_type", var_type, VAR_TYPES)
+    check_choice("var_type", var_type, VAR_TYPES)
     if var_type in ("learned", "learned_range"):
         c = model_output.shape[-1]
         if c % 2:
@@ -187,6 +199,37 @@ def split_variance_output(model_output: Array, var_type: str) -> tuple[Array, Ar
             )
         return model_output[..., : c // 2], model_output[..., c // 2 :]
     return model_output, None
+
+
+def split_model_output(
+    model_output: Array, x_shape: tuple[int, ...], var_type: str | None = None
+) -> tuple[Array, Array | None]:
+    """(mean part, variance part or None) of a model output for samples x of shape ``x_shape``.
+
+    With ``var_type``: `split_variance_output` (the first half of 2C channels for 'learned' /
+    'learned_range'), and the mean part must have x's shape. With ``var_type=None`` the split is
+    read from the shape: an output of x's shape has no variance part; one with 2C channels on the
+    last axis (C = x_shape[-1]) is a learned-variance output, split in halves.
+    Raises ValueError naming both shapes otherwise.
+    """
+    x_shape = tuple(x_shape)
+    if var_type is None:
+        if model_output.shape == x_shape:
+            return model_output, None
+        c = x_shape[-1] if x_shape else 0
+        if x_shape and model_output.shape[:-1] == x_shape[:-1] and model_output.shape[-1] == 2 * c:
+            return model_output[..., :c], model_output[..., c:]
+        raise ValueError(
+            f"model output has shape {model_output.shape}; expected x's shape {x_shape} or, for a "
+            f"learned variance, {x_shape[:-1] + (2 * c,)}"
+        )
+    mean_part, var_part = split_variance_output(model_output, var_type)
+    if mean_part.shape != x_shape:
+        raise ValueError(
+            f"model output (mean part) has shape {mean_part.shape}, expected x's shape {x_shape} "
+            f"(var_type={var_type!r})"
+        )
+    return mean_part, var_part
 
 
 def model_variance(
@@ -200,7 +243,7 @@ def model_variance(
     learned_range: log Sigma = frac log beta_t + (1 - frac) log beta-tilde_t,  frac = (v + 1) / 2
                    (Nichol & Dhariwal 2021, eq. 15)
     """
-    _check_choice("var_type", var_type, VAR_TYPES)
+    check_choice("var_type", var_type, VAR_TYPES)
     nd = x_t.ndim
     if var_type == "fixed_small":
         var = extract(s.posterior_variance, t, nd)
@@ -221,12 +264,20 @@ def model_variance(
     return jnp.broadcast_to(var, x_t.shape), jnp.broadcast_to(log_var, x_t.shape)
 
 
-def _apply_clip(x0: Array, clip_x0: float | Callable[[Array], Array] | None) -> Array:
+def apply_clip(x0: Array, clip_x0: ClipX0) -> Array:
+    """pred_x0 after the optional clipping of a sampler's ``clip_x0`` option:
+
+    None -> x0 unchanged;  a bound c -> clip(x0, -c, c) (Ho et al. 2020's clipping to the data
+    range [-1, 1] for c = 1);  a function -> clip_x0(x0) (e.g. dynamic thresholding).
+    """
     if clip_x0 is None:
         return x0
     if callable(clip_x0):
         return clip_x0(x0)
     return jnp.clip(x0, -clip_x0, clip_x0)
+
+
+_apply_clip = apply_clip  # the former private name
 
 
 def p_mean_variance(
@@ -237,7 +288,7 @@ def p_mean_variance(
     *,
     mean_type: str = "eps",
     var_type: str = "fixed_small",
-    clip_x0: float | Callable[[Array], Array] | None = None,
+    clip_x0: ClipX0 = None,
 ) -> dict[str, Array]:
     """Moments of the reverse step p_theta(x_{t-1} | x_t) = N(mean, variance I).
 
@@ -251,14 +302,10 @@ def p_mean_variance(
     Returns dict(mean, variance, log_variance, pred_x0, pred_eps), all of x_t's shape; pred_eps
     is the eps implied by the (clipped) pred_x0, as DDIM uses it.
     """
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
-    out, var_values = split_variance_output(model_output, var_type)
-    if out.shape != x_t.shape:
-        raise ValueError(
-            f"model output (mean part) has shape {out.shape}, expected x_t's shape {x_t.shape}"
-        )
+    check_choice("mean_type", mean_type, MEAN_TYPES)
+    out, var_values = split_model_output(model_output, x_t.shape, var_type)
     variance, log_variance = model_variance(s, var_values, x_t, t, var_type)
-    pred_x0 = _apply_clip(predict_x0(s, out, x_t, t, mean_type), clip_x0)
+    pred_x0 = apply_clip(predict_x0(s, out, x_t, t, mean_type), clip_x0)
     mean, _, _ = q_posterior(s, pred_x0, x_t, t)
     pred_eps = out if (mean_type == "eps" and clip_x0 is None) else x0_to_eps(s, x_t, t, pred_x0)
     return dict(

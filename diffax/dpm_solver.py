@@ -45,27 +45,31 @@ spacing of the n grid indices (n = num_steps, or num_steps + 1 for final_step='n
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffax import diffusion, schedules
+from diffax._util import (
+    ModelFn,
+    alphas_cumprod_on_grid,
+    batch_t,
+    check_choice,
+    check_int,
+    check_shape,
+    initial_x,
+    resolve_timesteps,
+    scan_trajectory,
+)
+from diffax.diffusion import ClipX0
 from diffax.schedules import Schedule
 
 Array = jnp.ndarray
-ModelFn = Callable[[Array, Array], Array]
 
 SPACINGS = ("time_uniform", "logSNR", "leading", "linspace", "trailing")
 FINAL_STEPS = ("denoise", "none")
 
 __all__ = ["dpm_solver_pp_2m", "dpm_solver_timesteps", "SPACINGS", "FINAL_STEPS"]
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
 
 
 def dpm_solver_timesteps(
@@ -82,13 +86,11 @@ def dpm_solver_timesteps(
                       from lambda_{T-1} to lambda_0 (an error if two round to one index);
       'leading' | 'linspace' | 'trailing': `schedules.space_timesteps(T, n, spacing)` reversed.
     """
-    _check_choice("spacing", spacing, SPACINGS)
-    _check_choice("final_step", final_step, FINAL_STEPS)
+    check_choice("spacing", spacing, SPACINGS)
+    check_choice("final_step", final_step, FINAL_STEPS)
     T = s.num_timesteps
     n_extra = 1 if final_step == "none" else 0
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps + n_extra <= T:
-        raise ValueError(f"num_steps must be an int in [1, {T - n_extra}], got {num_steps!r}")
-    n = int(num_steps) + n_extra
+    n = check_int("num_steps", num_steps, 1, T - n_extra) + n_extra
     if spacing == "time_uniform":
         end = 0 if final_step == "none" else -1
         ts = np.round(np.linspace(T - 1, end, int(num_steps) + 1)).astype(np.int64)[:n]
@@ -109,26 +111,12 @@ def dpm_solver_timesteps(
 
 def _grid(s: Schedule, num_steps, timesteps, spacing: str, final_step: str) -> np.ndarray:
     """The descending model indices (length M + 1 for 'none', M for 'denoise')."""
-    n_extra = 1 if final_step == "none" else 0
-    if timesteps is not None:
-        if num_steps is not None:
-            raise ValueError(f"pass either num_steps or timesteps, not both (got num_steps={num_steps!r})")
-        ts = np.asarray(timesteps)
-        if ts.ndim != 1 or ts.shape[0] < 1 + n_extra or not np.issubdtype(ts.dtype, np.integer):
-            raise ValueError(
-                f"timesteps must be a 1-D int array of at least {1 + n_extra} entries, got {timesteps!r}"
-            )
-        if ts.shape[0] > 1 and np.all(np.diff(ts) > 0):
-            ts = ts[::-1]
-        if np.any(np.diff(ts) >= 0) or ts.min() < 0 or ts.max() >= s.num_timesteps:
-            raise ValueError(
-                f"timesteps must be strictly monotone within [0, {s.num_timesteps - 1}], "
-                f"got {np.asarray(timesteps).tolist()}"
-            )
-        return ts.astype(np.int64)
-    if num_steps is None:
-        raise ValueError("pass num_steps (or timesteps)")
-    return dpm_solver_timesteps(s, num_steps, spacing, final_step)
+    if timesteps is None:
+        if num_steps is None:
+            raise ValueError("pass num_steps (or timesteps)")
+        return dpm_solver_timesteps(s, num_steps, spacing, final_step)
+    min_len = 2 if final_step == "none" else 1
+    return resolve_timesteps(s.num_timesteps, num_steps, timesteps, spacing, min_len=min_len)[::-1]
 
 
 def dpm_solver_pp_2m(
@@ -145,7 +133,7 @@ def dpm_solver_pp_2m(
     x_init: Array | None = None,
     mean_type: str = "eps",
     var_type: str = "fixed_small",
-    clip_x0: float | Callable[[Array], Array] | None = None,
+    clip_x0: ClipX0 = None,
     return_trajectory: bool = False,
 ):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the discrete schedule; NFE = num_steps.
@@ -162,21 +150,19 @@ def dpm_solver_pp_2m(
 
     Returns x of `shape`, or (x, trajectory) with trajectory (num_steps + 1, *shape), x_T first.
     """
-    _check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
-    _check_choice("var_type", var_type, diffusion.VAR_TYPES)
-    _check_choice("final_step", final_step, FINAL_STEPS)
+    check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
+    check_choice("var_type", var_type, diffusion.VAR_TYPES)
+    check_choice("final_step", final_step, FINAL_STEPS)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
-    shape = tuple(shape)
-    if not shape or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in shape):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints (batch first), got {shape!r}")
+    shape = check_shape(shape)
     ts = _grid(s, num_steps, timesteps, spacing, final_step)
     batch = shape[0]
 
-    # Per-grid-point (alpha, sigma); 'denoise' appends abar = 1. All static-size tables of length M+1.
-    acp = jnp.take(s.alphas_cumprod, jnp.asarray(ts))
-    if final_step == "denoise":
-        acp = jnp.concatenate([acp, jnp.ones((1,), acp.dtype)])
+    # Per-grid-point (alpha, sigma), descending; 'denoise' appends the end point abar = 1 (which
+    # is abar_prev of the smallest index). All static-size tables of length M+1.
+    abar, abar_prev = alphas_cumprod_on_grid(s, ts[::-1])
+    acp = (abar if final_step == "none" else jnp.concatenate([abar_prev[:1], abar]))[::-1]
     alpha, sigma = jnp.sqrt(acp), jnp.sqrt(1.0 - acp)
     model_ts = ts if final_step == "denoise" else ts[:-1]  # the M evaluation indices
     a_cur, s_cur, a_next, s_next = alpha[:-1], sigma[:-1], alpha[1:], sigma[1:]
@@ -194,28 +180,18 @@ def dpm_solver_pp_2m(
     if order == 1:
         half_inv_r = jnp.zeros_like(half_inv_r)
 
-    if x_init is None:
-        key_init, _ = jax.random.split(key)
-        x = jax.random.normal(key_init, shape, dtype=s.betas.dtype)
-    else:
-        x = jnp.asarray(x_init)
-        if tuple(x.shape) != shape:
-            raise ValueError(f"x_init has shape {tuple(x.shape)}, expected shape {shape}")
+    key_init = jax.random.split(key)[0] if x_init is None else None
+    x = initial_x(key_init, shape, s.betas.dtype, x_init)
     xs = (jnp.asarray(model_ts.astype(np.int32)), coef_x, coef_d, half_inv_r)
 
     def step(carry, inp):
         x, x0_prev = carry
         t, cx, cd, w = inp
-        t_b = jnp.full((batch,), t, dtype=jnp.int32)
-        out, _ = diffusion.split_variance_output(model_fn(x, t_b), var_type)
-        if out.shape != x.shape:
-            raise ValueError(f"model output (mean part) has shape {out.shape}, expected {x.shape}")
-        x0 = diffusion._apply_clip(diffusion.predict_x0(s, out, x, t_b, mean_type), clip_x0)
+        t_b = batch_t(t, batch)
+        out, _ = diffusion.split_model_output(model_fn(x, t_b), x.shape, var_type)
+        x0 = diffusion.apply_clip(diffusion.predict_x0(s, out, x, t_b, mean_type), clip_x0)
         d = x0 + w * (x0 - x0_prev)  # = (1 + 1/(2r)) x0 - 1/(2r) x0_prev
         x_new = (cx * x + cd * d).astype(x.dtype)
-        return (x_new, x0), (x_new if return_trajectory else None)
+        return x_new, x0
 
-    (x_final, _), traj = jax.lax.scan(step, (x, jnp.zeros_like(x)), xs)
-    if return_trajectory:
-        return x_final, jnp.concatenate([x[None], traj], axis=0)
-    return x_final
+    return scan_trajectory(step, (x, jnp.zeros_like(x)), xs, return_trajectory, state=lambda c: c[0])

@@ -1,4 +1,4 @@
-"""Conditional generation as eps-function wrappers: classifier-free and classifier guidance.
+"""Conditional generation as model-function wrappers: classifier-free and classifier guidance.
 
 Each wrapper turns conditional ingredients into a plain ``model_fn(x_t, t) -> output`` that any
 sampler in `diffax.samplers` takes unchanged (``ddpm``, ``ddim``, ``pc``). In score terms, with
@@ -12,11 +12,19 @@ b_t = sqrt(1 - alpha-bar_t) and eps = -b_t grad log q (Song et al. 2021):
 so with exact ingredients CFG at guidance weight w equals classifier guidance at scale 1 + w
 (the seeds' gamma = 1 + w); both give the exact conditional eps at scale = 1 / w = 0.
 
+Parameterisations. The formulas are stated on eps; a model may output x0 or v instead (the
+samplers' ``mean_type``). `classifier` takes ``mean_type``, converts the output to eps, shifts it
+and converts back, so its result is in the model's own parameterisation. `classifier_free` needs
+no conversion: at fixed (x_t, t) the maps eps <-> x0 <-> v are affine,
+x0 = (x_t - b_t eps) / a_t and v = (eps - b_t x_t) / a_t, and its weights (1 + w, -w) sum to 1, so
+combining two x0 (or v) outputs equals converting the combination of their eps (checked in
+tests/test_guidance.py against x0- and v-models of the exact oracle).
+
 `from_score` is the score view of DDPM: a score model s(x_t, t) becomes the eps model
 -b_t s(x_t, t), so the DDPM mean is (x_t + beta_t s) / sqrt(alpha_t).
 
 Learned-variance models (2C output channels on the last axis, the second half a variance part)
-are supported: only the eps half is guided; CFG keeps the conditional branch's variance half, as
+are supported: only the first half (eps, x0 or v) is guided; CFG keeps the conditional branch's variance half, as
 GLIDE and guided-diffusion do. Nothing here jits; the wrappers are pure and trace inside the
 caller's sampler.
 """
@@ -91,9 +99,13 @@ def classifier_free(
     on the batch axis and the output split in two. w = 0 is the conditional model, w = -1 the
     unconditional one; the guidance scale gamma of the seeds' slides is 1 + w.
 
+    The same formula is correct for x0- and v-models (use the output as is): the weights sum to 1
+    and the eps <-> x0 <-> v conversions are affine at fixed (x_t, t), so the combination commutes
+    with them (see the module docstring).
+
     Args:
-      eps_fn: (x_t, t, y) -> output, a conditional eps model trained with label dropout to
-        ``null_label`` (2C channels for a learned variance: the conditional half's variance is kept).
+      eps_fn: (x_t, t, y) -> output, a conditional model (eps, x0 or v) trained with label dropout
+        to ``null_label`` (2C channels for a learned variance: the conditional half's variance is kept).
       y: the labels, an int array of shape (B,) (or a scalar, broadcast to the batch).
       w: the guidance weight (a Python float or a traced scalar).
       null_label: the label meaning "no condition" (e.g. ``num_classes`` for `diffax.models.MLP`).
@@ -121,15 +133,40 @@ def classifier_free(
     return model_fn
 
 
+_TO_EPS = {"eps": None, "x0": diffusion.x0_to_eps, "v": diffusion.v_to_eps}
+_FROM_EPS = {"eps": None, "x0": diffusion.eps_to_x0, "v": diffusion.eps_to_v}
+
+
+def _check_mean_type(mean_type: str) -> None:
+    if mean_type not in diffusion.MEAN_TYPES:
+        raise ValueError(
+            f"unknown mean_type {mean_type!r}; allowed: {list(diffusion.MEAN_TYPES)} "
+            "(the parameterisation of model_fn's output)"
+        )
+
+
+def _to_eps(s: Schedule, x_t: Array, t: Array, out: Array, mean_type: str) -> Array:
+    """The eps implied by a model output of `mean_type` at (x_t, t) (`diffusion`'s conversions)."""
+    conv = _TO_EPS[mean_type]
+    return out if conv is None else conv(s, x_t, t, out)
+
+
+def _from_eps(s: Schedule, x_t: Array, t: Array, eps: Array, mean_type: str) -> Array:
+    """The model output of `mean_type` that implies `eps` at (x_t, t): the inverse of `_to_eps`."""
+    conv = _FROM_EPS[mean_type]
+    return eps if conv is None else conv(s, x_t, t, eps)
+
+
 def classifier(
-    eps_fn: ModelFn,
+    model_fn: ModelFn,
     log_prob_fn: Callable[[Array, Array, Array], Array],
     s: Schedule,
     y: Array,
     *,
     scale: float,
+    mean_type: str = "eps",
 ) -> ModelFn:
-    """Classifier guidance on eps (Dhariwal & Nichol 2021, Algorithm 2; guided-diffusion's ``condition_score``):
+    """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2; guided-diffusion's ``condition_score``):
 
         eps~(x_t, t) = eps(x_t, t) - sqrt(1 - alpha-bar_t) * scale * grad_x log f(y | x_t, t),
 
@@ -137,25 +174,39 @@ def classifier(
     this is the exact conditional eps(x_t, t, y) (Bayes: grad log q(x_t | y) = grad log q(x_t) +
     grad log q(y | x_t)).
 
+    The shift is defined on eps, so a model of another parameterisation is converted first and the
+    result converted back (`diffusion.x0_to_eps` / `v_to_eps`, then `eps_to_x0` / `eps_to_v`):
+    the guided output is in ``model_fn``'s own parameterisation, e.g. for an x0-model
+    x0~ = x0 + (1 - alpha-bar_t) / sqrt(alpha-bar_t) * scale * grad log f, and for a v-model
+    v~ = v - sqrt(1 - alpha-bar_t) / sqrt(alpha-bar_t) * scale * grad log f. (Shifting an x0 or v
+    output as if it were eps is wrong: it moves the sample the other way, or by the wrong amount.)
+
     Args:
-      eps_fn: (x_t, t) -> output, an unconditional eps model (2C channels for a learned variance:
-        only the eps half is shifted).
+      model_fn: (x_t, t) -> output, an unconditional model whose output is eps, x0 or v
+        (``mean_type``); 2C channels for a learned variance: only the first C are guided, the
+        variance part is returned unchanged.
       log_prob_fn: (x_t, t, y) -> (B,) log f(y | x_t, t), a noisy classifier's log-probability of
         the labels; it must treat examples independently (the gradient is of the batch sum).
-      s: the schedule of the diffusion (for sqrt(1 - alpha-bar_t)).
+      s: the schedule of the diffusion (for sqrt(1 - alpha-bar_t) and the conversions).
       y: the target labels, (B,) int (or a scalar, broadcast).
       scale: the classifier scale (gamma; a Python float or a traced scalar).
+      mean_type: 'eps' | 'x0' | 'v', the parameterisation of ``model_fn``'s output (the sampler's
+        ``mean_type``).
 
     Returns:
-      model_fn(x_t, t) -> guided output.
+      model_fn(x_t, t) -> guided output, in the same parameterisation (and shape) as ``model_fn``'s.
+
+    Raises:
+      ValueError: for a ``mean_type`` not in `diffusion.MEAN_TYPES` or a non-scalar ``scale``.
     """
     _check_scalar("scale", scale)
+    _check_mean_type(mean_type)
     y = _check_labels(y)
 
-    def model_fn(x_t: Array, t: Array) -> Array:
+    def guided_fn(x_t: Array, t: Array) -> Array:
         b = x_t.shape[0]
         labels = jnp.broadcast_to(y, (b,))
-        eps, var_part = _split_eps(eps_fn(x_t, t), x_t)
+        out, var_part = _split_eps(model_fn(x_t, t), x_t)
 
         def total_log_prob(x):
             lp = log_prob_fn(x, t, labels)
@@ -165,9 +216,11 @@ def classifier(
 
         grad = jax.grad(total_log_prob)(x_t)
         b_t = jnp.sqrt(1.0 - diffusion.extract(s.alphas_cumprod, t, x_t.ndim))
-        return _join(eps - b_t * scale * grad, var_part)
+        eps = _to_eps(s, x_t, t, out, mean_type)
+        guided = _from_eps(s, x_t, t, eps - b_t * scale * grad, mean_type)
+        return _join(guided, var_part)
 
-    return model_fn
+    return guided_fn
 
 
 def from_score(score_fn: Callable[[Array, Array], Array], s: Schedule) -> ModelFn:

@@ -11,24 +11,26 @@ nothing here jits (the caller wraps the call in ``jax.jit``).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffax import diffusion, samplers, schedules
+from diffax import diffusion, samplers
+from diffax._util import (
+    ModelFn,
+    alphas_cumprod_on_grid,
+    batch_t,
+    check_choice,
+    check_int,
+    expand_to,
+    resolve_timesteps,
+    scan_trajectory,
+)
 from diffax.schedules import Schedule
 
 Array = jnp.ndarray
-ModelFn = Callable[[Array, Array], Array]
 
 __all__ = ["slerp", "ddpm_interpolate", "ddim_encode", "ddim_interpolate"]
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
 
 
 def _check_pair(x0a: Array, x0b: Array) -> None:
@@ -67,8 +69,7 @@ def slerp(z0: Array, z1: Array, alpha) -> Array:
     if alpha.ndim > 1 or (alpha.ndim == 1 and alpha.shape[0] != z0.shape[0]):
         raise ValueError(f"alpha must be a scalar or of shape ({z0.shape[0]},), got shape {alpha.shape}")
     axes = tuple(range(1, z0.ndim))
-    bshape = (z0.shape[0],) + (1,) * (z0.ndim - 1)
-    alpha = jnp.broadcast_to(alpha, (z0.shape[0],)).reshape(bshape)
+    alpha = expand_to(jnp.broadcast_to(alpha, (z0.shape[0],)), z0.ndim)
     n0 = jnp.sqrt(jnp.sum(z0**2, axis=axes, keepdims=True))
     n1 = jnp.sqrt(jnp.sum(z1**2, axis=axes, keepdims=True))
     cos = jnp.clip(jnp.sum(z0 * z1, axis=axes, keepdims=True) / (n0 * n1), -1.0, 1.0)
@@ -117,12 +118,11 @@ def ddpm_interpolate(
     """
     _check_pair(x0a, x0b)
     T = s.num_timesteps
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < T:
-        raise ValueError(f"t must be an int in [0, {T - 1}], got {t!r}")
+    t = check_int("t", t, 0, T - 1)
     lam = _check_lambdas(lambdas)
     k_a, k_b, k_dec = jax.random.split(key, 3)
     b = x0a.shape[0]
-    t_b = jnp.full((b,), t, dtype=jnp.int32)
+    t_b = batch_t(t, b)
     xt_a = diffusion.q_sample(s, x0a, t_b, jax.random.normal(k_a, x0a.shape, dtype=x0a.dtype))
     xt_b = diffusion.q_sample(s, x0b, t_b, jax.random.normal(k_b, x0b.shape, dtype=x0b.dtype))
     timesteps = np.arange(int(t) + 1)
@@ -135,26 +135,6 @@ def ddpm_interpolate(
         )  # fmt: skip
 
     return jax.vmap(decode)(lam.astype(x0a.dtype))
-
-
-def _resolve_timesteps(T: int, num_steps, timesteps, spacing: str) -> np.ndarray:
-    """The ascending DDIM subsequence: ``timesteps``, or ``space_timesteps(T, num_steps, spacing)``, or all T."""
-    if timesteps is not None and num_steps is not None:
-        raise ValueError(f"pass either num_steps or timesteps, not both (got num_steps={num_steps!r})")
-    if timesteps is not None:
-        ts = np.asarray(timesteps)
-        if ts.ndim == 1 and ts.shape[0] > 1 and np.all(np.diff(ts) < 0):
-            ts = ts[::-1]
-        if (ts.ndim != 1 or ts.shape[0] < 1 or not np.issubdtype(ts.dtype, np.integer)
-                or np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] >= T):
-            raise ValueError(
-                f"timesteps must be a strictly monotone 1-D int array within [0, {T - 1}], "
-                f"got {np.asarray(timesteps).tolist()}"
-            )
-        return ts.astype(np.int64)
-    if num_steps is None:
-        return np.arange(T, dtype=np.int64)
-    return schedules.space_timesteps(T, num_steps, spacing)
 
 
 def ddim_encode(
@@ -195,35 +175,29 @@ def ddim_encode(
     Returns:
       x_{tau_{K-1}} of x0's shape, or (x_T, trajectory).
     """
-    _check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
-    _check_choice("var_type", var_type, diffusion.VAR_TYPES)
+    check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
+    check_choice("var_type", var_type, diffusion.VAR_TYPES)
     if x0.ndim < 1:
         raise ValueError(f"x0 must be batch-first (B, ...), got shape {x0.shape}")
-    ts = _resolve_timesteps(s.num_timesteps, num_steps, timesteps, spacing)
-    abar = jnp.take(s.alphas_cumprod, jnp.asarray(ts))
-    abar_cur = jnp.concatenate([jnp.ones((1,), abar.dtype), abar[:-1]])
+    check_choice("spacing", spacing, samplers.DDIM_SPACINGS)
+    ts = resolve_timesteps(s.num_timesteps, num_steps, timesteps, spacing)
+    abar, abar_cur = alphas_cumprod_on_grid(s, ts)
     model_ts = np.concatenate([ts[:1], ts[:-1]]).astype(np.int32)
     b = x0.shape[0]
     xs = (jnp.asarray(model_ts), jnp.sqrt(abar_cur), jnp.sqrt(1.0 - abar_cur), jnp.sqrt(abar), jnp.sqrt(1.0 - abar))
 
-    def body(x, inp):
+    def step(x, inp):
         t_model, a_cur, b_cur, a_next, b_next = inp
-        t_b = jnp.full((b,), t_model, dtype=jnp.int32)
-        out, _ = diffusion.split_variance_output(model_fn(x, t_b), var_type)
-        if out.shape != x.shape:
-            raise ValueError(f"model output (mean part) has shape {out.shape}, expected {x.shape}")
+        t_b = batch_t(t_model, b)
+        out, _ = diffusion.split_model_output(model_fn(x, t_b), x.shape, var_type)
         if mean_type == "eps":
             eps = out
         else:  # the eps implied by the model's x0 / v prediction, reading x as x_{t_model}
             eps = diffusion.x0_to_eps(s, x, t_b, diffusion.predict_x0(s, out, x, t_b, mean_type))
         x0_hat = (x - b_cur * eps) / a_cur
-        new = (a_next * x0_hat + b_next * eps).astype(x.dtype)
-        return new, (new if return_trajectory else None)
+        return (a_next * x0_hat + b_next * eps).astype(x.dtype)
 
-    x_final, traj = jax.lax.scan(body, x0, xs)
-    if return_trajectory:
-        return x_final, jnp.concatenate([x0[None], traj], axis=0)
-    return x_final
+    return scan_trajectory(step, x0, xs, return_trajectory)
 
 
 def ddim_interpolate(
@@ -252,7 +226,8 @@ def ddim_interpolate(
     """
     _check_pair(x0a, x0b)
     lam = _check_lambdas(lambdas)
-    ts = _resolve_timesteps(s.num_timesteps, num_steps, None, spacing)
+    check_choice("spacing", spacing, samplers.DDIM_SPACINGS)
+    ts = resolve_timesteps(s.num_timesteps, num_steps, None, spacing)
     b = x0a.shape[0]
     z = ddim_encode(
         model_fn, s, jnp.concatenate([x0a, x0b], axis=0), timesteps=ts, mean_type=mean_type, var_type=var_type

@@ -25,13 +25,14 @@ falling, so there the two differ by many nats.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
 from diffax import diffusion
+from diffax._util import ModelFn, batch_t, check_choice, mean_flat
+from diffax.diffusion import ClipX0
 from diffax.schedules import Schedule
 
 Array = jnp.ndarray
@@ -50,11 +51,6 @@ __all__ = [
 
 _LOG2 = math.log(2.0)
 _BIN_HALF_WIDTH = 1.0 / 255.0
-
-
-def _mean_flat(x: Array) -> Array:
-    """Mean over every non-batch axis: (B, ...) -> (B,)."""
-    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
 def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:
@@ -130,8 +126,7 @@ def discretized_gaussian_log_likelihood(
         docstring for the measured difference.
     Returns log-probabilities in nats, of the broadcast shape of the inputs.
     """
-    if cdf not in CDF_TYPES:
-        raise ValueError(f"unknown cdf {cdf!r}; allowed: {list(CDF_TYPES)}")
+    check_choice("cdf", cdf, CDF_TYPES)
     x, means, log_scales = jnp.broadcast_arrays(
         jnp.asarray(x), jnp.asarray(means), jnp.asarray(log_scales)
     )
@@ -161,15 +156,15 @@ def _vb_terms(
     *,
     mean_type: str,
     var_type: str,
-    clip_x0,
+    clip_x0: ClipX0,
     cdf: str,
 ) -> tuple[Array, dict[str, Array]]:
     true_mean, _, true_log_var = diffusion.q_posterior(s, x0, x_t, t)
     out = diffusion.p_mean_variance(
         s, model_output, x_t, t, mean_type=mean_type, var_type=var_type, clip_x0=clip_x0
     )
-    kl = _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / _LOG2
-    decoder_nll = -_mean_flat(
+    kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / _LOG2
+    decoder_nll = -mean_flat(
         discretized_gaussian_log_likelihood(
             x0, out["mean"], 0.5 * out["log_variance"], cdf=cdf
         )
@@ -187,7 +182,7 @@ def vb_terms_bpd(
     *,
     mean_type: str = "eps",
     var_type: str = "fixed_small",
-    clip_x0: float | Callable[[Array], Array] | None = None,
+    clip_x0: ClipX0 = None,
     cdf: str = "exact",
 ) -> Array:
     """One term of the variational bound per example, in bits/dim: shape (B,).
@@ -212,20 +207,20 @@ def prior_bpd(s: Schedule, x0: Array) -> Array:
     q(x_T | x_0) = N(sqrt(abar_{T}) x_0, (1 - abar_T) I) (Ho et al. 2020, eqs. 4-5). Constant
     in the model; ~0 for schedules that end near pure noise.
     """
-    t = jnp.full((x0.shape[0],), s.num_timesteps - 1, dtype=jnp.int32)
+    t = batch_t(s.num_timesteps - 1, x0.shape[0])
     mean, _, log_var = diffusion.q_mean_variance(s, x0, t)
-    return _mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / _LOG2
+    return mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / _LOG2
 
 
 def vlb_bpd(
-    model_fn: Callable[[Array, Array], Array],
+    model_fn: ModelFn,
     s: Schedule,
     key: Array,
     x0: Array,
     *,
     mean_type: str = "eps",
     var_type: str = "fixed_small",
-    clip_x0: float | Callable[[Array], Array] | None = None,
+    clip_x0: ClipX0 = None,
     cdf: str = "exact",
 ) -> dict[str, Array]:
     """The full variational bound in bits/dim, every term evaluated once (improved-diffusion's calc_bpd_loop).
@@ -247,15 +242,15 @@ def vlb_bpd(
 
     def step(carry, inputs):
         t_idx, k = inputs
-        t = jnp.full((batch,), t_idx, dtype=jnp.int32)
+        t = batch_t(t_idx, batch)
         noise = jax.random.normal(k, x0.shape, dtype=x0.dtype)
         x_t = diffusion.q_sample(s, x0, t, noise)
         term, out = _vb_terms(
             s, model_fn(x_t, t), x0, x_t, t,
             mean_type=mean_type, var_type=var_type, clip_x0=clip_x0, cdf=cdf,
         )
-        mse = _mean_flat(jnp.square(out["pred_eps"] - noise))
-        x0_mse = _mean_flat(jnp.square(out["pred_x0"] - x0))
+        mse = mean_flat(jnp.square(out["pred_eps"] - noise))
+        x0_mse = mean_flat(jnp.square(out["pred_x0"] - x0))
         return carry, (term, mse, x0_mse)
 
     _, (terms, mse, x0_mse) = jax.lax.scan(step, None, (jnp.arange(num_t, dtype=jnp.int32), keys))

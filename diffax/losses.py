@@ -16,14 +16,13 @@ gives the same value, bitwise. Nothing here jits: callers jit the train step.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from diffax import diffusion
+from diffax._util import ModelFn, check_choice, check_int, check_positive, expand_to, mean_flat, sum_flat
 from diffax.diffusion import MEAN_TYPES, VAR_TYPES
 from diffax.schedules import Schedule
 
@@ -47,21 +46,6 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
-
-
-def _mean_flat(x: Array) -> Array:
-    """Mean over every axis but the first (improved-diffusion's ``mean_flat``): (B, ...) -> (B,)."""
-    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
-
-
-def _sum_flat(x: Array) -> Array:
-    """Sum over every axis but the first: (B, ...) -> (B,)."""
-    return jnp.sum(x, axis=tuple(range(1, x.ndim)))
-
-
 def _draw_t_noise(s: Schedule, key: Array, x0: Array, t: Array | None) -> tuple[Array, Array]:
     """t ~ U{0..T-1} of shape (B,) (unless given) and eps ~ N(0, I) of x0's shape, from one key."""
     k_t, k_noise = jax.random.split(key)
@@ -71,18 +55,6 @@ def _draw_t_noise(s: Schedule, key: Array, x0: Array, t: Array | None) -> tuple[
         t = jnp.broadcast_to(jnp.asarray(t), (x0.shape[0],))
     noise = jax.random.normal(k_noise, x0.shape, dtype=x0.dtype)
     return t, noise
-
-
-def _mean_part(output: Array, x_shape: tuple[int, ...]) -> Array:
-    """The output itself, or its first half on the last axis when it carries 2C channels."""
-    if output.shape == x_shape:
-        return output
-    if output.shape[:-1] == x_shape[:-1] and output.shape[-1] == 2 * x_shape[-1]:
-        return output[..., : x_shape[-1]]
-    raise ValueError(
-        f"model output has shape {output.shape}; expected x's shape {x_shape} or, for a learned "
-        f"variance, {x_shape[:-1] + (2 * x_shape[-1],)}"
-    )
 
 
 # --------------------------------------------------------------------------- DDPM objectives
@@ -97,7 +69,7 @@ def regression_target(
     'v':   sqrt(abar_t) noise - sqrt(1 - abar_t) x0  (Salimans & Ho 2022, sec. 4).
     `x_t` is accepted for a uniform signature; the targets are exact functions of (x0, noise).
     """
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
+    check_choice("mean_type", mean_type, MEAN_TYPES)
     if mean_type == "eps":
         return noise
     if mean_type == "x0":
@@ -107,7 +79,7 @@ def regression_target(
 
 
 def simple(
-    model_fn: Callable[[Array, Array], Array],
+    model_fn: ModelFn,
     s: Schedule,
     key: Array,
     x0: Array,
@@ -126,16 +98,16 @@ def simple(
 
     Returns: (B,) per-example losses.
     """
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
+    check_choice("mean_type", mean_type, MEAN_TYPES)
     t, noise = _draw_t_noise(s, key, x0, t)
     x_t = diffusion.q_sample(s, x0, t, noise)
-    out = _mean_part(model_fn(x_t, t), x0.shape)
+    out, _ = diffusion.split_model_output(model_fn(x_t, t), x0.shape)  # C, or 2C (learned variance)
     target = regression_target(s, x0, x_t, t, noise, mean_type)
-    return _mean_flat((out - target) ** 2)
+    return mean_flat((out - target) ** 2)
 
 
 def hybrid(
-    model_fn: Callable[[Array, Array], Array],
+    model_fn: ModelFn,
     s: Schedule,
     key: Array,
     x0: Array,
@@ -173,12 +145,10 @@ def hybrid(
     Returns: (B,) per-example losses, or (losses, terms) with ``return_terms=True``, terms =
     dict(mse, vb (= L_t in bits/dim, unscaled and unweighted; zeros where it is omitted), t).
     """
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
-    _check_choice("var_type", var_type, VAR_TYPES)
-    _check_choice("loss_type", loss_type, LOSS_TYPES)
-    if (isinstance(lambda_vlb, bool) or not isinstance(lambda_vlb, numbers.Real)
-            or not math.isfinite(lambda_vlb) or lambda_vlb < 0):
-        raise ValueError(f"lambda_vlb must be a finite number >= 0, got {lambda_vlb!r}")
+    check_choice("mean_type", mean_type, MEAN_TYPES)
+    check_choice("var_type", var_type, VAR_TYPES)
+    check_choice("loss_type", loss_type, LOSS_TYPES)
+    check_positive("lambda_vlb", lambda_vlb, allow_zero=True)
     if loss_type == "rescaled_mse":
         lambda_vlb = 0.001
     from diffax.likelihood import vb_terms_bpd  # lazy: likelihood depends on diffusion only
@@ -187,17 +157,12 @@ def hybrid(
     t, noise = _draw_t_noise(s, key, x0, t)
     x_t = diffusion.q_sample(s, x0, t, noise)
     output = model_fn(x_t, t)
-    mean_part, var_part = diffusion.split_variance_output(output, var_type)
-    if mean_part.shape != x0.shape:
-        raise ValueError(
-            f"model output (mean part) has shape {mean_part.shape}, expected x0's shape {x0.shape} "
-            f"(var_type={var_type!r})"
-        )
+    mean_part, var_part = diffusion.split_model_output(output, x0.shape, var_type)
     weights = 1.0 if t_weights is None else jnp.asarray(t_weights)
     learned = var_part is not None
 
     target = regression_target(s, x0, x_t, t, noise, mean_type)
-    mse = _mean_flat((mean_part - target) ** 2)
+    mse = mean_flat((mean_part - target) ** 2)
     zeros = jnp.zeros_like(mse)
 
     if loss_type in ("vlb", "rescaled_vlb"):
@@ -241,9 +206,9 @@ def dsm(score_fn: Callable[[Array, Array], Array], sigmas: Array, key: Array, x0
     idx = jax.random.randint(k_level, (x0.shape[0],), 0, sigmas.shape[0])
     sigma = sigmas[idx].astype(x0.dtype)
     z = jax.random.normal(k_noise, x0.shape, dtype=x0.dtype)
-    sig_b = sigma.reshape((-1,) + (1,) * (x0.ndim - 1))
+    sig_b = expand_to(sigma, x0.ndim)
     score = score_fn(x0 + sig_b * z, sigma)
-    return 0.5 * _sum_flat((sig_b * score + z) ** 2)
+    return 0.5 * sum_flat((sig_b * score + z) ** 2)
 
 
 def sliced_score_matching(
@@ -268,9 +233,8 @@ def sliced_score_matching(
 
     Returns: (B,) per-example losses.
     """
-    _check_choice("projection", projection, PROJECTIONS)
-    if isinstance(num_projections, bool) or not isinstance(num_projections, int) or num_projections < 1:
-        raise ValueError(f"num_projections must be an int >= 1, got {num_projections!r}")
+    check_choice("projection", projection, PROJECTIONS)
+    num_projections = check_int("num_projections", num_projections, 1)
     shape = (num_projections,) + x.shape
     if projection == "gaussian":
         v = jax.random.normal(key, shape, dtype=x.dtype)
@@ -279,11 +243,11 @@ def sliced_score_matching(
 
     def one(v_i):
         s, jv = jax.jvp(score_fn, (x,), (v_i,))
-        return s, _sum_flat(v_i * jv), _sum_flat(v_i * s)
+        return s, sum_flat(v_i * jv), sum_flat(v_i * s)
 
     s, vjv, vs = jax.vmap(one)(v)  # s: (M, B, ...), vjv and vs: (M, B)
     if variance_reduction:
-        return jnp.mean(vjv, axis=0) + 0.5 * _sum_flat(s[0] ** 2)
+        return jnp.mean(vjv, axis=0) + 0.5 * sum_flat(s[0] ** 2)
     return jnp.mean(vjv + 0.5 * vs**2, axis=0)
 
 

@@ -1,5 +1,42 @@
 """The probability-flow ODE of the VP diffusion: sampling, encoding and exact likelihoods.
 
+What lives where (top to bottom of this file):
+
+  the continuous VP     `ContinuousVP` (a pytree): abar(tau), beta(tau), their inverse;
+                        `.linear()` is score_sde's VPSDE, `.from_schedule(s)` the discrete schedule
+  score adapters        `score_fn_from_model` (a discrete-index eps / x0 / v / score model called at
+                        continuous tau), `oracle_score_fn` (an `oracles.GaussianMixture`, exact),
+                        `drift` (the probability-flow vector field, eq. 13)
+  ODE solves            `ode_solve` (either direction), `ode_sample` (noise -> data),
+                        `ode_encode` / `ode_decode` (data <-> latent x_1)
+  ODE likelihood        `ode_log_likelihood` (instantaneous change of variables, exact or
+                        Hutchinson trace), `standard_normal_logp` (its prior)
+  bits/dim              `dequantize` (uint8 -> uniformly dequantized model space) and
+                        `bits_per_dim` (nats of a continuous density -> bits/dim of 8-bit data)
+
+The discrete-time counterparts are elsewhere: the ancestral / DDIM / DPM-Solver samplers in
+`diffax.samplers` and `diffax.dpm_solver`, the DDIM-ODE encoder in `diffax.interpolation`, and
+the variational bound in `diffax.likelihood`.
+
+Two bits/dim conventions. Both report -log2 P(x) / D for 8-bit data x in {0..255}^D (lower is
+better) and both are upper bounds in expectation, so the numbers are comparable (as Song et al.
+2021, Table 2, compare their ODE bits/dim with DDPM's bound), but they bound it differently:
+
+  `likelihood.vlb_bpd`   the variational bound of the DISCRETE model: x scaled to the grid
+                         2k/255 - 1 in [-1, 1], the last step a discretized Gaussian decoder that
+                         assigns a probability to each of the 256 bins (Ho et al. 2020, eq. 13),
+                         so the bound is already in bits of a discrete probability: no offset.
+  `ode.bits_per_dim`     a CONTINUOUS density log p_model(y) from `ode_log_likelihood` at the
+                         uniformly dequantized y = 2 (x + u) / 256 - 1 (`dequantize`), converted by
+                         bpd = -log p_model(y) / (D log 2) + 7, i.e. + 8 for the 256 bins of width
+                         1/256 in [0, 1] and - 1 for the [0, 1] -> [-1, 1] scaling (Theis et al.
+                         2016; score_sde's offset). E_u of it bounds -log2 P(x) / D of the
+                         dequantized model (Jensen).
+
+Note the two grids differ slightly: pixel k sits at 2k/255 - 1 for the decoder, while its
+dequantization bin is [k/128 - 1, (k + 1)/128 - 1) (centre (2k + 1)/256 - 1); a model trained
+on 2k/255 - 1 sees the dequantized data shrunk by 255/256 (score_sde accepts the same mismatch).
+
 Continuous-time view of the discrete schedule (Song et al. 2021, "Score-Based Generative Modeling
 through SDEs", eqs. 11, 13 and App. B, D). The VP SDE  dx = -1/2 beta(tau) x dtau + sqrt(beta(tau)) dw
 on tau in [0, 1] has the marginals  x_tau = sqrt(abar(tau)) x_0 + sqrt(1 - abar(tau)) z  with
@@ -50,6 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax._util import ModelFn, check_choice, check_int, check_positive, expand_to, initial_x, sum_flat
 from diffax.schedules import Schedule
 
 Array = jnp.ndarray
@@ -194,18 +232,8 @@ class ContinuousVP(NamedTuple):
 # --------------------------------------------------------------------------- score functions
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
-
-
-def _bcast(v: Array, ndim: int) -> Array:
-    """(B,) -> (B, 1, ..., 1) to broadcast against a batch-first array of rank `ndim`."""
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
-
-
 def score_fn_from_model(
-    model_fn: Callable[[Array, Array], Array],
+    model_fn: ModelFn,
     s: Schedule,
     *,
     mean_type: str = "eps",
@@ -220,8 +248,8 @@ def score_fn_from_model(
     x0 -> -(x - sqrt(abar) x0) / sigma^2;  v -> eps = sqrt(abar) v + sigma x, then -eps / sigma
     (Salimans & Ho 2022); 'score' is passed through.
     """
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
-    _check_choice("time_input", time_input, TIME_INPUTS)
+    check_choice("mean_type", mean_type, MEAN_TYPES)
+    check_choice("time_input", time_input, TIME_INPUTS)
     sde = ContinuousVP.from_schedule(s)
     T = s.num_timesteps
 
@@ -233,7 +261,7 @@ def score_fn_from_model(
             t = t_float
         out = model_fn(x, t)
         scale, var = sde.marginal_coefs(tau)
-        a, v = _bcast(scale, x.ndim), _bcast(var, x.ndim)
+        a, v = expand_to(scale, x.ndim), expand_to(var, x.ndim)
         if mean_type == "score":
             return out
         if mean_type == "x0":
@@ -258,7 +286,7 @@ def oracle_score_fn(mixture, sde: ContinuousVP) -> ScoreFn:
 def drift(score_fn: ScoreFn, sde: ContinuousVP, x: Array, tau: Array) -> Array:
     """The probability-flow drift f(x, tau) = -1/2 beta(tau) [x + s(x, tau)] (Song et al. 2021, eq. 13
     for the VP SDE, whose f = -1/2 beta x and g^2 = beta); tau of shape (B,)."""
-    beta = _bcast(sde.beta(tau), x.ndim)
+    beta = expand_to(sde.beta(tau), x.ndim)
     return -0.5 * beta * (x + score_fn(x, tau))
 
 
@@ -271,14 +299,13 @@ def _check_t_eps(t_eps) -> None:
 
 
 def _check_tols(rtol, atol, t_eps) -> None:
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite float > 0, got {v!r}")
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
     _check_t_eps(t_eps)
 
 
 def _solver(name: str):
-    _check_choice("solver", name, SOLVERS)
+    check_choice("solver", name, SOLVERS)
     return diffrax.Tsit5() if name == "tsit5" else diffrax.Dopri5()
 
 
@@ -295,7 +322,7 @@ def _flow_field(score_fn: ScoreFn, sde: ContinuousVP, batch: int, time_variable:
             g = dx/drho = -1/2 [x + s(x, tau(rho))]: the same ODE reparameterized, with beta gone
             from the field (the solver no longer sees the kinks of a piecewise-constant beta).
     """
-    _check_choice("time_variable", time_variable, TIME_VARIABLES)
+    check_choice("time_variable", time_variable, TIME_VARIABLES)
 
     if time_variable == "tau":
 
@@ -395,12 +422,7 @@ def ode_sample(
     (rtol, atol, solver, time_variable, max_steps) go to `ode_solve`.
     """
     shape = tuple(int(d) for d in shape)
-    if x_init is None:
-        x = jax.random.normal(key, shape, dtype=jnp.asarray(sde.log_alpha_bar_knots).dtype)
-    else:
-        x = jnp.asarray(x_init)
-        if tuple(x.shape) != shape:
-            raise ValueError(f"x_init has shape {tuple(x.shape)}, expected shape {shape}")
+    x = initial_x(key, shape, jnp.asarray(sde.log_alpha_bar_knots).dtype, x_init)
     _check_t_eps(t_eps)
     return ode_solve(score_fn, sde, x, t0=1.0, t1=t_eps, **solve_kwargs)
 
@@ -428,11 +450,7 @@ def ode_decode(
 def standard_normal_logp(z: Array) -> Array:
     """log N(z; 0, I) summed over all but the batch axis: -D/2 log(2 pi) - |z|^2 / 2 (score_sde's prior)."""
     d = math.prod(z.shape[1:])
-    return -0.5 * d * math.log(2 * math.pi) - 0.5 * jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=-1)
-
-
-def _sum_per_example(v: Array) -> Array:
-    return jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
+    return -0.5 * d * math.log(2 * math.pi) - 0.5 * sum_flat(z**2)
 
 
 def ode_log_likelihood(
@@ -473,8 +491,8 @@ def ode_log_likelihood(
 
     Returns dict(log_prob (B,) in nats, prior_logp (B,), delta_logp (B,), nfe).
     """
-    _check_choice("trace", trace, TRACES)
-    _check_choice("hutchinson_dist", hutchinson_dist, HUTCHINSON_DISTS)
+    check_choice("trace", trace, TRACES)
+    check_choice("hutchinson_dist", hutchinson_dist, HUTCHINSON_DISTS)
     _check_tols(rtol, atol, t_eps)
     x = jnp.asarray(x)
     batch = x.shape[0]
@@ -488,7 +506,7 @@ def ode_log_likelihood(
 
         def divergence(f, y):
             fy, jv = jax.jvp(f, (y,), (probe,))
-            return fy, _sum_per_example(probe * jv)
+            return fy, sum_flat(probe * jv)
 
     else:
         d = math.prod(x.shape[1:])
@@ -552,8 +570,7 @@ def bits_per_dim(log_prob: Array, dim: int, *, dequantized_uint8: bool = True) -
     centered data (inverse_scaler(y) = (y + 1)/2), 7 - (-1) = 8 for data left in [0, 1] (no scaling). With ``dequantized_uint8=False`` the plain -log p / (D log 2) is returned
     (continuous data, no offset). log_prob in nats, any shape; dim = D.
     """
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    check_int("dim", dim, 1)
     bpd = -jnp.asarray(log_prob) / (dim * math.log(2.0))
     if dequantized_uint8:
         bpd = bpd + 8.0 - 1.0

@@ -143,7 +143,8 @@ class GaussianMixture:
     def _t_coefs(self, x: Array, t: Array) -> tuple[Array, Array]:
         if self.schedule is None:
             raise ValueError("this GaussianMixture has no schedule: call .with_schedule(s) first")
-        acp = jnp.take(self.schedule.alphas_cumprod, jnp.asarray(t))
+        t = jnp.asarray(t)
+        acp = diffusion.extract(self.schedule.alphas_cumprod, t, t.ndim)  # checks a concrete t's range
         acp = jnp.broadcast_to(acp, x.shape[:-1])
         return jnp.sqrt(acp), 1.0 - acp
 

@@ -23,8 +23,6 @@ last axis for learned variances (``var_type`` 'learned' / 'learned_range').
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable
 
 import jax
@@ -32,81 +30,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffax import diffusion, schedules
+from diffax._util import (
+    ModelFn,
+    alphas_cumprod_on_grid,
+    batch_t,
+    check_choice,
+    check_int,
+    check_positive,
+    check_shape,
+    expand_to,
+    initial_x,
+    resolve_timesteps,
+    scan_trajectory,
+)
+from diffax.diffusion import ClipX0
 from diffax.schedules import Schedule
 
 Array = jnp.ndarray
-ModelFn = Callable[[Array, Array], Array]
-ClipX0 = float | Callable[[Array], Array] | None
 
 DDIM_SPACINGS = ("leading", "linspace", "trailing")
 
 __all__ = ["ddpm", "ddim", "ddim_sigmas", "langevin", "annealed_langevin", "pc", "DDIM_SPACINGS"]
-
-
-# --------------------------------------------------------------------------- boundary checks
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        raise ValueError(f"shape must be a tuple of positive ints (batch first), got {shape!r}") from None
-    if not dims or not all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in dims
-    ):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints (batch first), got {shape!r}")
-    return tuple(int(d) for d in dims)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name: str, value, allow_zero: bool = False) -> None:
-    """Check a float hyperparameter when it is a concrete number (a traced value passes through)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    if isinstance(value, (numbers.Number, np.ndarray, jnp.ndarray)) and np.ndim(value) == 0:
-        v = float(value)
-        ok = math.isfinite(v) and (v >= 0.0 if allow_zero else v > 0.0)
-        if ok:
-            return
-    bound = ">= 0" if allow_zero else "> 0"
-    raise ValueError(f"{name} must be a finite scalar {bound}, got {value!r}")
-
-
-def _initial_x(key: Array, shape: tuple[int, ...], dtype, x_init: Array | None) -> Array:
-    """x_T ~ N(0, I) of `shape`, or `x_init` (which must have that shape)."""
-    if x_init is None:
-        return jax.random.normal(key, shape, dtype=dtype)
-    x_init = jnp.asarray(x_init)
-    if tuple(x_init.shape) != shape:
-        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected shape {shape}")
-    return x_init
-
-
-def _scan(step, x, xs, return_trajectory: bool):
-    """lax.scan `step(x, x_step) -> x'`; returns x_final or (x_final, stacked states incl. x)."""
-
-    def body(carry, inp):
-        new = step(carry, inp)
-        return new, (new if return_trajectory else None)
-
-    x_final, ys = jax.lax.scan(body, x, xs)
-    if return_trajectory:
-        return x_final, jnp.concatenate([x[None], ys], axis=0)
-    return x_final
-
-
-def _batch_t(t: Array, batch: int) -> Array:
-    return jnp.full((batch,), t, dtype=jnp.int32)
 
 
 # --------------------------------------------------------------------------- DDPM
@@ -153,9 +97,9 @@ def ddpm(
     Returns:
       x_0 of `shape`, or (x_0, trajectory).
     """
-    _check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
-    _check_choice("var_type", var_type, diffusion.VAR_TYPES)
-    shape = _check_shape(shape)
+    check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
+    check_choice("var_type", var_type, diffusion.VAR_TYPES)
+    shape = check_shape(shape)
     if timesteps is None:
         s_run = s
         model_ts = np.arange(s.num_timesteps, dtype=np.int32)
@@ -167,7 +111,7 @@ def ddpm(
     batch = shape[0]
 
     key_init, key_steps = jax.random.split(key)
-    x = _initial_x(key_init, shape, s_run.betas.dtype, x_init)
+    x = initial_x(key_init, shape, s_run.betas.dtype, x_init)
     xs = (
         jnp.arange(num_steps - 1, -1, -1, dtype=jnp.int32),  # index k in the (respaced) chain
         jnp.asarray(model_ts[::-1].copy()),  # the index the model sees
@@ -176,7 +120,7 @@ def ddpm(
 
     def step(x, inp):
         k, model_t, step_key = inp
-        out = model_fn(x, _batch_t(model_t, batch))
+        out = model_fn(x, batch_t(model_t, batch))
         # A scalar index: one table lookup per step, broadcast, instead of a gather of B entries.
         pmv = diffusion.p_mean_variance(
             s_run, out, x, k, mean_type=mean_type, var_type=var_type, clip_x0=clip_x0
@@ -185,34 +129,16 @@ def ddpm(
         sigma = jnp.where(k > 0, jnp.exp(0.5 * pmv["log_variance"]), 0.0)
         return (pmv["mean"] + sigma * noise).astype(x.dtype)
 
-    return _scan(step, x, xs, return_trajectory)
+    return scan_trajectory(step, x, xs, return_trajectory)
 
 
 # --------------------------------------------------------------------------- DDIM
 
 
 def _ddim_timesteps(T: int, num_steps, timesteps, spacing: str) -> np.ndarray:
-    """The ascending subsequence DDIM visits (resolved statically)."""
-    _check_choice("spacing", spacing, DDIM_SPACINGS)
-    if timesteps is not None:
-        if num_steps is not None:
-            raise ValueError(
-                f"pass either num_steps or timesteps, not both (got num_steps={num_steps!r})"
-            )
-        ts = np.asarray(timesteps)
-        if ts.ndim != 1 or ts.shape[0] < 1 or not np.issubdtype(ts.dtype, np.integer):
-            raise ValueError(f"timesteps must be a non-empty 1-D int array, got {timesteps!r}")
-        if ts.shape[0] > 1 and np.all(np.diff(ts) < 0):
-            ts = ts[::-1]
-        if np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] >= T:
-            raise ValueError(
-                f"timesteps must be strictly monotone (ascending or descending) within [0, {T - 1}], "
-                f"got {np.asarray(timesteps).tolist()}"
-            )
-        return ts.astype(np.int64)
-    if num_steps is None:
-        return np.arange(T, dtype=np.int64)
-    return schedules.space_timesteps(T, num_steps, spacing)
+    """The ascending subsequence DDIM visits (resolved statically; see `_util.resolve_timesteps`)."""
+    check_choice("spacing", spacing, DDIM_SPACINGS)
+    return resolve_timesteps(T, num_steps, timesteps, spacing)
 
 
 def ddim_sigmas(s: Schedule, timesteps, eta) -> tuple[Array, Array, Array]:
@@ -223,9 +149,7 @@ def ddim_sigmas(s: Schedule, timesteps, eta) -> tuple[Array, Array, Array]:
     (Song et al. 2021, eq. 16). With all T steps and eta = 1, sigma_k^2 equals DDPM's posterior
     variance beta-tilde_t. Arrays of shape (K,), in ascending order of tau.
     """
-    ts = jnp.asarray(np.asarray(timesteps))
-    abar = jnp.take(s.alphas_cumprod, ts)
-    abar_prev = jnp.concatenate([jnp.ones((1,), abar.dtype), abar[:-1]])
+    abar, abar_prev = alphas_cumprod_on_grid(s, timesteps)
     sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar)) * jnp.sqrt(1.0 - abar / abar_prev)
     return abar, abar_prev, sigma.astype(abar.dtype)
 
@@ -262,12 +186,12 @@ def ddim(
 
     Returns x_0 of `shape`, or (x_0, trajectory) with trajectory (K+1, *shape), x_T first.
     """
-    _check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
-    _check_choice("var_type", var_type, diffusion.VAR_TYPES)
-    _check_positive("eta", eta, allow_zero=True)
-    shape = _check_shape(shape)
+    check_choice("mean_type", mean_type, diffusion.MEAN_TYPES)
+    check_choice("var_type", var_type, diffusion.VAR_TYPES)
+    check_positive("eta", eta, allow_zero=True)
+    shape = check_shape(shape)
     if num_steps is not None:
-        num_steps = _check_int("num_steps", num_steps, 1)
+        num_steps = check_int("num_steps", num_steps, 1)
     ts = _ddim_timesteps(s.num_timesteps, num_steps, timesteps, spacing)
     batch = shape[0]
 
@@ -276,7 +200,7 @@ def ddim(
     # eta == 0 known statically: the deterministic sampler draws no step noise at all.
     stochastic = isinstance(eta, jax.core.Tracer) or float(eta) != 0.0
     key_init, key_steps = jax.random.split(key)
-    x = _initial_x(key_init, shape, s.betas.dtype, x_init)
+    x = initial_x(key_init, shape, s.betas.dtype, x_init)
     xs = (
         jnp.asarray(ts[::-1].astype(np.int32)),
         jnp.sqrt(abar_prev)[::-1],
@@ -287,7 +211,7 @@ def ddim(
 
     def step(x, inp):
         t, sqrt_abar_prev, c_dir, sig, step_key = inp
-        out, _ = diffusion.split_variance_output(model_fn(x, _batch_t(t, batch)), var_type)
+        out, _ = diffusion.split_variance_output(model_fn(x, batch_t(t, batch)), var_type)
         # pred_x0 (clipped) and the eps it implies; XLA drops the unused DDPM mean and variance.
         # t as a scalar: one table lookup per step, broadcast against x.
         pmv = diffusion.p_mean_variance(s, out, x, t, mean_type=mean_type, clip_x0=clip_x0)
@@ -296,7 +220,7 @@ def ddim(
             x_prev = x_prev + sig * jax.random.normal(step_key, x.shape, dtype=x.dtype)
         return x_prev.astype(x.dtype)
 
-    return _scan(step, x, xs, return_trajectory)
+    return scan_trajectory(step, x, xs, return_trajectory)
 
 
 # --------------------------------------------------------------------------- Langevin
@@ -319,15 +243,15 @@ def langevin(
     One key per step is split from `key`. Returns x after `num_steps` steps, or
     (x, trajectory) with trajectory (num_steps + 1, *x_init.shape), x_init first.
     """
-    _check_positive("step_size", step_size)
-    num_steps = _check_int("num_steps", num_steps, 1)
+    check_positive("step_size", step_size)
+    num_steps = check_int("num_steps", num_steps, 1)
     x = jnp.asarray(x_init)
 
     def step(x, step_key):
         noise = jax.random.normal(step_key, x.shape, dtype=x.dtype)
         return (x + step_size * score_fn(x) + jnp.sqrt(2.0 * step_size) * noise).astype(x.dtype)
 
-    return _scan(step, x, jax.random.split(key, num_steps), return_trajectory)
+    return scan_trajectory(step, x, jax.random.split(key, num_steps), return_trajectory)
 
 
 def annealed_langevin(
@@ -357,8 +281,8 @@ def annealed_langevin(
     the trajectory (L * steps_per_level + 1, *x_init.shape) holds the Langevin states (x_init
     first; the denoising step, if any, is applied to the returned x only).
     """
-    _check_positive("eps", eps)
-    steps_per_level = _check_int("steps_per_level", steps_per_level, 1)
+    check_positive("eps", eps)
+    steps_per_level = check_int("steps_per_level", steps_per_level, 1)
     sigmas = jnp.asarray(sigmas)
     if sigmas.ndim != 1 or sigmas.shape[0] < 1:
         raise ValueError(f"sigmas must be a non-empty 1-D array, got shape {sigmas.shape}")
@@ -379,12 +303,12 @@ def annealed_langevin(
         score = score_fn(x, jnp.full((batch,), sig, dtype=x.dtype))
         return (x + 0.5 * a * score + jnp.sqrt(a) * noise).astype(x.dtype)
 
-    result = _scan(step, x, (level_sigma, alpha, jax.random.split(key, total)), return_trajectory)
+    result = scan_trajectory(step, x, (level_sigma, alpha, jax.random.split(key, total)), return_trajectory)
     if not denoise:
         return result
     x_last, traj = result if return_trajectory else (result, None)
     sig_l = jnp.full((batch,), level_sigma[-1], dtype=x.dtype)
-    sig_l_b = sig_l.reshape((batch,) + (1,) * (x.ndim - 1))
+    sig_l_b = expand_to(sig_l, x.ndim)
     x_den = (x_last + sig_l_b**2 * score_fn(x_last, sig_l)).astype(x.dtype)
     return (x_den, traj) if return_trajectory else x_den
 
@@ -417,14 +341,14 @@ def pc(
     One scan over the T timesteps (the correctors are an inner scan). Returns x_0, or (x_0,
     trajectory) with trajectory (T+1, *shape), x_T first.
     """
-    _check_positive("snr", snr)
-    n_corrector = _check_int("n_corrector", n_corrector, 0)
-    shape = _check_shape(shape)
+    check_positive("snr", snr)
+    n_corrector = check_int("n_corrector", n_corrector, 0)
+    shape = check_shape(shape)
     batch = shape[0]
     T = s.num_timesteps
 
     key_init, key_steps = jax.random.split(key)
-    x = _initial_x(key_init, shape, s.betas.dtype, x_init)
+    x = initial_x(key_init, shape, s.betas.dtype, x_init)
     flat_keys = jax.random.split(key_steps, T * (n_corrector + 1))
     step_keys = flat_keys.reshape((T, n_corrector + 1) + flat_keys.shape[1:])  # raw or typed keys
     xs = (jnp.arange(T - 1, -1, -1, dtype=jnp.int32), step_keys)
@@ -435,7 +359,7 @@ def pc(
 
     def step(x, inp):
         t, keys = inp
-        t_b = _batch_t(t, batch)
+        t_b = batch_t(t, batch)
         alpha_t = s.alphas[t]
 
         def corrector(x, c_key):
@@ -450,7 +374,7 @@ def pc(
         sigma = jnp.where(t > 0, jnp.sqrt(s.betas[t]), 0.0)
         return (pmv["mean"] + sigma * z).astype(x.dtype)
 
-    return _scan(step, x, xs, return_trajectory)
+    return scan_trajectory(step, x, xs, return_trajectory)
 
 
 # DPM-Solver++(2M) lives in its own module (one concept per module); re-exported here so that every

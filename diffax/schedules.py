@@ -30,6 +30,8 @@ __all__ = [
     "sigmoid",
     "respace",
     "space_timesteps",
+    "terminal_alpha_bar",
+    "check_terminal_snr",
     "get",
     "geometric_sigmas",
     "SCHEDULES",
@@ -77,12 +79,6 @@ def _check_num_timesteps(num_timesteps: int) -> int:
     return int(num_timesteps)
 
 
-def _check_beta_range(name: str, beta_start: float, beta_end: float) -> None:
-    for label, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if not (math.isfinite(value) and 0.0 < value < 1.0):
-            raise ValueError(f"{name}: {label} must be a finite number in (0, 1), got {value!r}")
-
-
 def from_betas(betas) -> Schedule:
     """Build a `Schedule` from a 1-D array of betas, each in the open interval (0, 1).
 
@@ -121,30 +117,79 @@ def from_betas(betas) -> Schedule:
     return Schedule(*(jnp.asarray(a, dtype=dtype) for a in tables))
 
 
-def linear(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+def _scaled_default_betas(num_timesteps: int, beta_start: float | None, beta_end: float | None) -> tuple[float, float]:
+    """(beta_start, beta_end), a None replaced by improved-diffusion's T-scaled default.
+
+    scale = 1000 / T,  beta_start = scale * 1e-4,  beta_end = scale * 0.02
+    (Nichol & Dhariwal 2021, improved-diffusion's ``get_named_beta_schedule('linear', T)``): the
+    DDPM endpoints at T = 1000, and for other T the same sum of betas (so about the same
+    terminal alpha-bar, ~4e-5) instead of a chain that leaves signal at x_T.
+    """
+    scale = 1000.0 / num_timesteps
+    return (
+        scale * 1e-4 if beta_start is None else beta_start,
+        scale * 0.02 if beta_end is None else beta_end,
+    )
+
+
+def _check_endpoints(name: str, num_timesteps: int, beta_start, beta_end, defaulted: tuple[bool, bool]) -> None:
+    """Each endpoint must be a finite number in (0, 1); a bad one that came from the T-scaled default says so."""
+    pairs = (("beta_start", beta_start, defaulted[0]), ("beta_end", beta_end, defaulted[1]))
+    for label, value, was_default in pairs:  # explicit values first: name the caller's bad value
+        if not was_default and not (math.isfinite(value) and 0.0 < value < 1.0):
+            raise ValueError(f"{name}: {label} must be a finite number in (0, 1), got {value!r}")
+    for label, value, was_default in pairs:
+        if was_default and not 0.0 < value < 1.0:
+            raise ValueError(
+                f"{name}: the default {label} scaled by 1000/T is {value!r} >= 1 for T={num_timesteps} "
+                "(the scaled defaults need T >= 21); pass beta_start and beta_end explicitly"
+            )
+
+
+def linear(num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None) -> Schedule:
     """DDPM's linear schedule (Ho et al. 2020, sec. 4): beta_t = linspace(beta_start, beta_end, T).
 
-    The defaults are the paper's (1e-4 to 0.02 for T = 1000). Unlike improved-diffusion,
-    the endpoints are not rescaled by 1000/T: pass them explicitly for other T.
+    A None endpoint takes improved-diffusion's T-scaled default (Nichol & Dhariwal 2021; their
+    ``get_named_beta_schedule('linear', T)``): with scale = 1000 / T,
+
+        beta_start = scale * 1e-4,   beta_end = scale * 0.02,
+
+    which is exactly DDPM's 1e-4 .. 0.02 at T = 1000 and keeps the terminal alpha-bar near 4e-5 for
+    other T (unscaled, alpha-bar_{T-1} would be 0.60 / 0.36 / 0.13 at T = 50 / 100 / 200). Explicit
+    values are used as given. For T <= 20 the scaled beta_end is >= 1: pass the endpoints explicitly.
     """
     t = _check_num_timesteps(num_timesteps)
-    _check_beta_range("linear", beta_start, beta_end)
+    defaulted = (beta_start is None, beta_end is None)
+    beta_start, beta_end = _scaled_default_betas(t, beta_start, beta_end)
+    _check_endpoints("linear", t, beta_start, beta_end, defaulted)
     return from_betas(np.linspace(beta_start, beta_end, t, dtype=np.float64))
 
 
-def quadratic(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
-    """Quadratic schedule: beta_t = linspace(sqrt(beta_start), sqrt(beta_end), T)^2 (DDIM/diffusers)."""
+def quadratic(num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None) -> Schedule:
+    """Quadratic schedule: beta_t = linspace(sqrt(beta_start), sqrt(beta_end), T)^2 (DDIM/diffusers).
+
+    A None endpoint takes the T-scaled default of `linear` (1000/T times 1e-4 or 0.02), which scales
+    every beta by 1000/T and so keeps the sum of betas (and alpha-bar_{T-1} ~ 7e-4) of T = 1000.
+    """
     t = _check_num_timesteps(num_timesteps)
-    _check_beta_range("quadratic", beta_start, beta_end)
+    defaulted = (beta_start is None, beta_end is None)
+    beta_start, beta_end = _scaled_default_betas(t, beta_start, beta_end)
+    _check_endpoints("quadratic", t, beta_start, beta_end, defaulted)
     return from_betas(np.linspace(beta_start**0.5, beta_end**0.5, t, dtype=np.float64) ** 2)
 
 
 def sigmoid(
-    num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, scale: float = 6.0
+    num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None, scale: float = 6.0
 ) -> Schedule:
-    """Sigmoid schedule (GeoDiff, Xu et al. 2022): beta_t = lo + (hi - lo) * sigmoid(linspace(-scale, scale, T))."""
+    """Sigmoid schedule (GeoDiff, Xu et al. 2022): beta_t = lo + (hi - lo) * sigmoid(linspace(-scale, scale, T)).
+
+    A None endpoint takes the T-scaled default of `linear` (1000/T times 1e-4 or 0.02), so the sum
+    of betas (and alpha-bar_{T-1} ~ 4e-5) is that of T = 1000.
+    """
     t = _check_num_timesteps(num_timesteps)
-    _check_beta_range("sigmoid", beta_start, beta_end)
+    defaulted = (beta_start is None, beta_end is None)
+    beta_start, beta_end = _scaled_default_betas(t, beta_start, beta_end)
+    _check_endpoints("sigmoid", t, beta_start, beta_end, defaulted)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"sigmoid: scale must be a finite positive number, got {scale!r}")
     z = np.linspace(-scale, scale, t, dtype=np.float64)
@@ -181,32 +226,84 @@ def get(name: str, num_timesteps: int, **kwargs) -> Schedule:
     return SCHEDULES[name](num_timesteps, **kwargs)
 
 
+def _spacing_error(t: int, n: int, reason: str) -> ValueError:
+    return ValueError(
+        f"spacing 'leading' cannot give {n} of T={t} steps: {reason}; use spacing='linspace' or "
+        "'trailing' (both end at T - 1 for every N <= T), or a number of steps that divides T or is <= T/2"
+    )
+
+
 def space_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading") -> np.ndarray:
     """An ascending subsequence of {0..T-1} with `num_steps` entries (as a NumPy int array).
 
-    spacing:
-      'leading'  : range(0, T, T // N)[:N] (the DDIM paper's and improved-diffusion's ``ddimN``),
-      'linspace' : round(linspace(0, T - 1, N)),
-      'trailing' : round(arange(T, 0, -T / N)) - 1, reversed (Lin et al. 2024: includes T - 1).
+    spacing (T timesteps, N = num_steps):
+      'leading'  : range(0, T, T // N)[:N], i.e. arange(N) * (T // N): the DDIM paper's and
+                   diffusers' 'leading' (and improved-diffusion's ``ddimN`` whenever N divides T).
+                   The first (largest) step is (N - 1) (T // N), leaving T mod N + T // N - 1
+                   indices above it unvisited. For T/2 < N < T the stride T // N is 1 and the steps
+                   would be 0..N-1, starting far below T - 1 (600 of 1000 would start at index
+                   599): those N are refused with a ValueError naming the alternatives.
+                   (improved-diffusion refuses them too: no integer stride gives N steps.)
+      'linspace' : round(linspace(0, T - 1, N)) (always includes 0 and, for N > 1, T - 1),
+      'trailing' : round(T - k T / N) - 1 for k = 0..N-1, reversed (Lin et al. 2024; diffusers'
+                   'trailing'): includes T - 1.
+    'linspace' and 'trailing' give N distinct steps for every 1 <= N <= T.
+
+    Raises:
+      ValueError: num_steps not an int in [1, T], an unknown spacing, or 'leading' with T/2 < N < T.
     """
     t = _check_num_timesteps(num_timesteps)
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= t:
         raise ValueError(f"num_steps must be an int in [1, {t}], got {num_steps!r}")
     n = int(num_steps)
     if spacing == "leading":
-        steps = np.arange(0, t, t // n)[:n]
+        stride = t // n
+        if stride == 1 and n < t:
+            raise _spacing_error(t, n, f"the stride T // N is 1, so the steps would be 0..{n - 1}")
+        steps = np.arange(n, dtype=np.int64) * stride
     elif spacing == "linspace":
         steps = np.round(np.linspace(0, t - 1, n)).astype(np.int64)
     elif spacing == "trailing":
-        steps = (np.round(np.arange(t, 0, -t / n)).astype(np.int64) - 1)[::-1]
+        # arange(T, 0, -T/N) (diffusers' form) can have N + 1 entries in floating point (e.g.
+        # T = 15, N = 13); its first N are the k = 0..N-1 values.
+        steps = (np.round(np.arange(t, 0, -t / n)).astype(np.int64) - 1)[:n][::-1]
     else:
         raise ValueError(
             f"unknown spacing {spacing!r}; allowed: 'leading', 'linspace', 'trailing'"
         )
     steps = np.unique(steps.astype(np.int64))
-    if steps.shape[0] != n:
+    if steps.shape[0] != n:  # not reached for the rules above (checked for all N <= T <= 1000)
         raise ValueError(f"spacing {spacing!r} gives duplicate timesteps for T={t}, N={n}")
     return steps
+
+
+def terminal_alpha_bar(s: Schedule) -> float:
+    """alpha-bar_{T-1}, the fraction of signal variance left at the last timestep (a float)."""
+    return float(np.asarray(s.alphas_cumprod, dtype=np.float64)[-1])
+
+
+def check_terminal_snr(s: Schedule, max_alpha_bar: float = 1e-3) -> float:
+    """Refuse a schedule whose last step keeps signal: returns alpha-bar_{T-1} if <= max_alpha_bar.
+
+    Every sampler starts from x_T ~ N(0, I), but q(x_T | x_0) = N(sqrt(abar_{T-1}) x_0,
+    (1 - abar_{T-1}) I); with abar_{T-1} well above 0 the sampler starts off the marginal it was
+    trained on (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
+    E.g. DDPM's unscaled linear betas 1e-4..0.02 at T = 100 end at abar = 0.36.
+
+    Raises:
+      ValueError: naming T, alpha-bar_{T-1} and the remedies, when alpha-bar_{T-1} > max_alpha_bar.
+    """
+    if not (math.isfinite(max_alpha_bar) and 0.0 <= max_alpha_bar <= 1.0):
+        raise ValueError(f"max_alpha_bar must be a number in [0, 1], got {max_alpha_bar!r}")
+    abar = terminal_alpha_bar(s)
+    if not abar <= max_alpha_bar:
+        raise ValueError(
+            f"the schedule with T={s.num_timesteps} steps ends at alpha-bar_(T-1) = {abar:.3g} > "
+            f"{max_alpha_bar:g}: x_T keeps sqrt(alpha-bar) = {math.sqrt(abar):.3g} of the data, so sampling "
+            "from x_T ~ N(0, I) starts off the trained marginal. Use more timesteps, larger betas "
+            "(e.g. linear(T) with the default, 1000/T-scaled beta_start/beta_end), or the cosine schedule"
+        )
+    return abar
 
 
 def respace(s: Schedule, timesteps) -> Schedule:

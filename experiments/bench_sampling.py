@@ -1,6 +1,6 @@
 """Sampler speed: one-scan DDPM / DDIM vs the model's own cost and vs a Python step loop.
 
-For a small MLP eps-model (``diffax.models.MLP``; a local fallback if it is missing) on 2-D data,
+For a small MLP eps-model (``diffax.models.MLP``) on 2-D data,
 at each batch size, for DDPM (T = 1000 steps) and DDIM (50 steps, 'leading' spacing):
   compile_s   trace + lower + XLA compile of the jitted sampler (``.lower(...).compile()``), once
   run_ms      median wall time of the compiled sampler over `--repeats` runs (after one warm-up),
@@ -37,29 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffax import diffusion, samplers, schedules
-
-try:
-    from diffax.models import MLP
-except ImportError:  # the shared models package is not there yet: a tiny local MLP
-    import flax.linen as nn
-
-    class MLP(nn.Module):  # type: ignore[no-redef]
-        """h = Dense(x) + Dense(sinusoid(t)); num_layers x (h = h + Dense(silu(Dense(silu(h))))); Dense(silu(h))."""
-
-        hidden: int = 64
-        num_layers: int = 2
-
-        @nn.compact
-        def __call__(self, x, t):
-            half = 32
-            freqs = jnp.exp(-np.log(10_000.0) * jnp.arange(half) / half)
-            ang = t.astype(jnp.float32)[:, None] * freqs[None]
-            temb = jnp.concatenate([jnp.sin(ang), jnp.cos(ang)], axis=-1)
-            h = nn.Dense(self.hidden)(x) + nn.Dense(self.hidden)(temb)
-            for _ in range(self.num_layers):
-                h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(nn.silu(h))))
-            return nn.Dense(x.shape[-1])(nn.silu(h))
-
+from diffax.models import MLP
 
 DIM = 2
 

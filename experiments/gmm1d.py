@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffax import diffusion, metrics, oracles, samplers, schedules  # noqa: E402
+from diffax import diffusion, oracles, samplers, schedules  # noqa: E402
+from diffax.evaluation import metrics  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -8,9 +8,9 @@ The four cells of improved DDPM's ablation (Nichol & Dhariwal 2021, Tables 1-2),
   loss      'simple': L_simple (Ho et al. eq. 14) with the fixed variance sigma_t^2 = beta_t
                       (var_type 'fixed_large', DDPM's CIFAR-10 setting)
             'hybrid': L_simple + 0.001 L_vlb with learned Sigma (var_type 'learned_range', eq. 15-16)
-Every run: the same small UNet (``--ch``, ch_mult (1, 2, 2), 1 res block, attention at 7x7), T = 1000,
-batch ``--batch_size``, Adam ``--lr``, ``--num_steps`` steps, the same seed and data order; then
-`python -m diffax.main --mode=sample,eval`'s code path (`diffax.training.loop`): ``--fid_samples``
+Every run: ``configs/mnist.py:tiny`` (ch_mult (1, 2, 2), 1 res block, attention at 7x7), T = 1000, with
+channels ``--ch``, batch ``--batch_size``, Adam ``--lr``, ``--num_steps`` steps, the same seed and data
+order; then `python -m diffax.main --mode=sample,eval`'s code path (`diffax.training.evaluate`): ``--fid_samples``
 EMA samples with ancestral sampling respaced to ``--sample_steps`` steps (improved DDPM sec. 4,
 where learned variances matter most), their classifier FID against the 10 000 test images, and the
 full-VLB bits/dim of the first ``--bpd_examples`` test images (every one of the 1000 terms + the prior).
@@ -26,22 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import numpy as np  # noqa: E402
+from diffax.training import builders, evaluate, plots, presets, train
 
 CELLS = (("linear", "simple"), ("linear", "hybrid"), ("cosine", "simple"), ("cosine", "hybrid"))
+MNIST_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "mnist.py")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="runs/sched_losses")
     p.add_argument("--classifier", default="runs/mnist_classifier/classifier.msgpack")
-    p.add_argument("--data_path", default=os.path.join(os.path.dirname(REPO), "shared", "data", "mnist"))
+    p.add_argument("--data_path", default=None, help="MNIST IDX dir (default: configs/mnist.py's)")
     p.add_argument("--num_steps", type=int, default=1500)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -53,31 +50,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     args.cells = CELLS if args.cells == "all" else tuple(tuple(c.split("/")) for c in args.cells.split(","))
+    bad = [c for c in args.cells if c not in CELLS]
+    if bad:
+        p.error(f"--cells: unknown cell(s) {['/'.join(c) for c in bad]}; allowed: {['/'.join(c) for c in CELLS]}")
+    args.data_path = args.data_path or presets.load_config(MNIST_CONFIG).data.path
     return args
 
 
 def cell_config(args, schedule: str, loss: str):
-    """configs/mnist.py with the experiment's small UNet and the cell's schedule / loss."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mnist_cfg", os.path.join(REPO, "configs", "mnist.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.data.name, c.data.path = "mnist_local", args.data_path
-    c.model.ch, c.model.ch_mult, c.model.num_res_blocks = args.ch, (1, 2, 2), 1
-    c.model.attn_resolutions, c.model.num_groups, c.model.dropout = (7,), 8, 0.0
-    c.training.num_steps, c.training.batch_size = args.num_steps, args.batch_size
-    c.training.checkpoint_every, c.training.log_every, c.training.sample_every = args.num_steps, 100, 0
-    c.training.ema_decay = 0.999
-    c.optim.lr, c.optim.warmup_steps = args.lr, 200
+    """``configs/mnist.py:tiny`` with the experiment's settings and the cell's schedule / loss."""
+    c = presets.load_config(MNIST_CONFIG + ":tiny")
+    c.data.path, c.model.ch = args.data_path, args.ch
+    c.training.num_steps, c.training.batch_size, c.training.checkpoint_every = args.num_steps, args.batch_size, args.num_steps
+    c.optim.lr = args.lr
     c.diffusion.schedule = schedule
     if loss == "simple":
         c.diffusion.loss_type, c.diffusion.var_type = "simple", "fixed_large"
     else:
         c.diffusion.loss_type, c.diffusion.var_type = "hybrid", "learned_range"
     c.sampling.method, c.sampling.num_steps, c.sampling.num_samples = "ddpm", args.sample_steps, args.fid_samples
-    c.sampling.clip_x0 = 1.0
     c.eval.bpd_num_examples, c.eval.bpd_batch_size = args.bpd_examples, args.bpd_examples
     c.eval.classifier_path = args.classifier
     return c
@@ -87,22 +78,20 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from absl import logging
 
-    from diffax.training import loop
-
     logging.set_verbosity(logging.WARNING)
     os.makedirs(args.workdir, exist_ok=True)
     results, grids = [], []
     for schedule, loss in args.cells:
-        config = cell_config(args, schedule, loss)
+        exp = builders.build(cell_config(args, schedule, loss))
         wd = os.path.join(args.workdir, f"{schedule}_{loss}")
         t0 = time.perf_counter()
-        loop.train_and_evaluate(config, wd)
+        train.train_and_evaluate(exp, wd)
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
-        x = loop.sample(config, wd)
+        x = evaluate.sample(exp, wd)
         t_sample = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ev = loop.evaluate(config, wd, samples=x)
+        ev = evaluate.evaluate(exp, wd, samples=x)
         t_eval = time.perf_counter() - t0
         row = dict(schedule=schedule, loss=loss, test_bpd=ev["test_bpd"], test_bpd_stderr=ev["test_bpd_stderr"],
                    prior_bpd=ev["test_prior_bpd"], decoder_bpd=ev["test_decoder_bpd"],
@@ -117,7 +106,11 @@ def main(argv=None) -> dict:
     summary = dict(settings={k: v for k, v in vars(args).items() if k not in ("json", "cells")}, results=results)
     with open(os.path.join(args.workdir, "schedules_and_losses.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    _figure(os.path.join(args.workdir, "schedules_and_losses.png"), grids, results)
+    plots.save_image_panels(
+        os.path.join(args.workdir, "schedules_and_losses.png"), grids, ncols=6, panel_width=3.0,
+        titles=[f"{r['schedule']} / {r['loss']}\n{r['test_bpd']:.2f} bits/dim, FID {r['classifier_fid']:.2f}"
+                for r in results],
+    )  # fmt: skip
     if args.json:
         print(json.dumps(summary))
     else:
@@ -126,25 +119,6 @@ def main(argv=None) -> dict:
             print(f"| {r['schedule']} | {r['loss']} | {r['test_bpd']:.3f} ± {r['test_bpd_stderr']:.3f} | "
                   f"{r['classifier_fid']:.2f} | {r['train_s']:.0f} |")  # fmt: skip
     return summary
-
-
-def _figure(path, grids, results) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from diffax.training import plots
-
-    fig, axes = plt.subplots(1, len(grids), figsize=(3 * len(grids), 3.4))
-    for ax, x, r in zip(np.atleast_1d(axes), grids, results):
-        ax.imshow(plots.image_grid(x, ncols=6)[..., 0], cmap="gray")
-        ax.set_title(f"{r['schedule']} / {r['loss']}\n{r['test_bpd']:.2f} bits/dim, FID {r['classifier_fid']:.2f}",
-                     fontsize=8)  # fmt: skip
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

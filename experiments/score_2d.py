@@ -46,8 +46,9 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffax import losses, metrics, samplers  # noqa: E402
+from diffax import losses, samplers  # noqa: E402
 from diffax.data import toys  # noqa: E402
+from diffax.evaluation import metrics  # noqa: E402
 from diffax.models.mlp import MLP  # noqa: E402
 
 OBJECTIVES = ("exact", "sliced")
@@ -118,12 +119,13 @@ def _quiver(ax, score_fn, box: float, title: str, data: np.ndarray):
     ax.quiver(xx.ravel(), yy.ravel(), (s_dir * length)[:, 0], (s_dir * length)[:, 1], norm.ravel(),
               cmap="viridis", angles="xy")  # fmt: skip
     ax.set_title(title, fontsize=9)
-    ax.set_aspect("equal")
-    ax.set_xlim(-box, box)
-    ax.set_ylim(-box, box)
+    _set_box(ax, box)
 
 
-def main(argv: list[str] | None = None) -> dict:
+TITLES = {"exact": "exact score matching", "sliced": "sliced score matching (VR)", "true": "exact score (oracle)"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/score_2d")
     parser.add_argument("--data", default="gmm2d", choices=toys.TOY_DATASETS)
@@ -145,120 +147,162 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--data must be a 2-D toy, got {args.data!r} (D = {toys.toy_dim(args.data)})")
     if args.quick:
         args.steps, args.num_samples, args.langevin_steps = 200, 500, 300
-    os.makedirs(args.workdir, exist_ok=True)
+    return args
 
-    data_np, _ = toys.toy(args.data, args.num_train, seed=args.seed)
-    heldout_np, _ = toys.toy(args.data, args.num_samples, seed=args.seed + 1)
-    baseline_np, _ = toys.toy(args.data, args.num_samples, seed=args.seed + 2)
-    data, heldout = jnp.asarray(data_np), jnp.asarray(heldout_np)
-    mix = toys.toy_mixture(args.data)  # None for non-mixture toys
-    true_score = None if mix is None else (lambda x: mix.score_sigma(x, 0.0))
 
-    model = MLP(hidden=args.hidden, num_layers=args.num_layers, out_dim=2)
-    key = jax.random.key(args.seed)
-    k_train, k_sample, k_sw = jax.random.split(key, 3)
-    results: dict = {"data": args.data, "train_steps": args.steps, "langevin_steps": args.langevin_steps,
-                     "step_size": args.step_size, "num_samples": args.num_samples}  # fmt: skip
-    sw = jax.jit(lambda a, b: metrics.sliced_wasserstein(a, b, key=k_sw, num_projections=256))
-    results["sliced_w1_data_vs_heldout"] = float(sw(jnp.asarray(baseline_np), heldout))
-    if mix is not None:
-        results["true_mode_weights"] = [round(float(w), 4) for w in mix.weights]
-
-    # Off the data: uniform points on the sampler's initial box, where the score is learned poorly.
-    box_points = jax.random.uniform(jax.random.fold_in(k_sw, 1), (args.num_samples, 2), minval=-args.box,
-                                    maxval=args.box)  # fmt: skip
-    score_fns, samples, histories = {}, {}, {}
+def train_score_models(args, model: MLP, data: jax.Array, key: jax.Array) -> tuple[dict, dict, dict]:
+    """Trains one score network per objective: (jitted score functions, loss histories, {objective: entry})
+    with each entry's train_seconds and final_loss (mean of the last 100 steps)."""
+    score_fns, histories, entries = {}, {}, {}
     for objective in OBJECTIVES:
         start = time.perf_counter()
-        params, hist = train(objective, model, data, key=jax.random.fold_in(k_train, OBJECTIVES.index(objective)),
+        params, hist = train(objective, model, data, key=jax.random.fold_in(key, OBJECTIVES.index(objective)),
                              steps=args.steps, batch_size=args.batch_size, lr=args.lr)  # fmt: skip
-        train_s = time.perf_counter() - start
+        entries[objective] = {"train_seconds": round(time.perf_counter() - start, 1),
+                              "final_loss": float(np.mean(hist[-100:]))}  # fmt: skip
         score_fns[objective] = jax.jit(lambda x, p=params: model.apply(p, x))
         histories[objective] = hist
-        entry = {"train_seconds": round(train_s, 1), "final_loss": float(np.mean(hist[-100:]))}
-        if true_score is not None:
-            for where, pts in (("", heldout), ("_uniform_box", box_points)):
-                err = score_fns[objective](pts) - true_score(pts)
-                entry["relative_score_error" + where] = float(jnp.sum(err**2) / jnp.sum(true_score(pts) ** 2))
-            # Exact SM loss at the true score = -1/2 E||grad log p||^2 (Hyvarinen 2005), the loss's floor.
-            entry["loss_at_true_score"] = float(jnp.mean(losses.exact_score_matching(true_score, heldout)))
-        results[objective] = entry
-    if true_score is not None:
-        score_fns["true"] = jax.jit(true_score)
+    return score_fns, histories, entries
 
+
+def score_errors(score_fn, true_score, heldout: jax.Array, box_points: jax.Array) -> dict:
+    """Relative score error E||s - grad log p||^2 / E||grad log p||^2 on held-out data and on the uniform box,
+    and the exact-SM loss at the true score, -1/2 E||grad log p||^2 (Hyvarinen 2005): the loss's floor."""
+    out = {}
+    for where, pts in (("", heldout), ("_uniform_box", box_points)):
+        err = score_fn(pts) - true_score(pts)
+        out["relative_score_error" + where] = float(jnp.sum(err**2) / jnp.sum(true_score(pts) ** 2))
+    out["loss_at_true_score"] = float(jnp.mean(losses.exact_score_matching(true_score, heldout)))
+    return out
+
+
+def sample_and_score(score_fns: dict, args, key: jax.Array, heldout: jax.Array, sliced_w1, mix) -> tuple[dict, dict]:
+    """Langevin samples of every score function from the same uniform noise: ({name: samples},
+    {name: entry}) with each entry's langevin_seconds, sliced W1 to held-out data and mode weights (mixtures)."""
+    samples, entries = {}, {}
     for name, fn in score_fns.items():
         start = time.perf_counter()
-        x = langevin_from_uniform(fn, k_sample, n=args.num_samples, box=args.box,
-                                  step_size=args.step_size, num_steps=args.langevin_steps)  # fmt: skip
+        x = langevin_from_uniform(fn, key, n=args.num_samples, box=args.box, step_size=args.step_size,
+                                  num_steps=args.langevin_steps)  # fmt: skip
         x = jax.block_until_ready(x)
         samples[name] = np.asarray(x)
-        entry = results.setdefault(name, {})
-        entry["langevin_seconds"] = round(time.perf_counter() - start, 1)
-        entry["sliced_w1_samples_vs_heldout"] = float(sw(x, heldout))
+        entry = {"langevin_seconds": round(time.perf_counter() - start, 1),
+                 "sliced_w1_samples_vs_heldout": float(sliced_w1(x, heldout))}  # fmt: skip
         if mix is not None:
             entry["mode_weights"] = [round(float(w), 4) for w in metrics.mode_weights(x, mix.means)]
+        entries[name] = entry
+    return samples, entries
 
-    # ---------------------------------------------------------------- figures
-    names = list(samples)
-    titles = {"exact": "exact score matching", "sliced": "sliced score matching (VR)", "true": "exact score (oracle)"}
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2))
-    for ax, name in zip(np.atleast_1d(axes), names):
-        ax.scatter(heldout_np[:, 0], heldout_np[:, 1], s=2, c="0.7", label="data")
+
+def _set_box(ax, box: float) -> None:
+    ax.set_aspect("equal")
+    ax.set_xlim(-box, box)
+    ax.set_ylim(-box, box)
+
+
+def plot_samples(path: str, samples: dict, heldout: np.ndarray, results: dict, args) -> None:
+    """One scatter per sampler: its Langevin samples over the held-out data, with their sliced W1."""
+    fig, axes = plt.subplots(1, len(samples), figsize=(4.2 * len(samples), 4.2))
+    for ax, name in zip(np.atleast_1d(axes), samples):
+        ax.scatter(heldout[:, 0], heldout[:, 1], s=2, c="0.7", label="data")
         ax.scatter(samples[name][:, 0], samples[name][:, 1], s=2, c="tab:red", alpha=0.6, label="Langevin")
-        ax.set_title(f"{titles[name]}\nSW1 = {results[name]['sliced_w1_samples_vs_heldout']:.3f} "
+        ax.set_title(f"{TITLES[name]}\nSW1 = {results[name]['sliced_w1_samples_vs_heldout']:.3f} "
                      f"(data: {results['sliced_w1_data_vs_heldout']:.3f})", fontsize=9)  # fmt: skip
-        ax.set_aspect("equal")
-        ax.set_xlim(-args.box, args.box)
-        ax.set_ylim(-args.box, args.box)
+        _set_box(ax, args.box)
     np.atleast_1d(axes)[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Langevin ({args.langevin_steps} steps, eps = {args.step_size}) from uniform noise, {args.data}")
     fig.tight_layout()
-    paths = {"samples": os.path.join(args.workdir, "samples.png")}
-    fig.savefig(paths["samples"], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2))
-    for ax, name in zip(np.atleast_1d(axes), names):
-        _quiver(ax, score_fns[name], args.box, f"{titles[name]}: s(x)", heldout_np)
+
+def plot_score_fields(path: str, score_fns: dict, heldout: np.ndarray, box: float) -> None:
+    """One quiver plot per score function on a 21 x 21 grid of [-box, box]^2."""
+    fig, axes = plt.subplots(1, len(score_fns), figsize=(4.2 * len(score_fns), 4.2))
+    for ax, name in zip(np.atleast_1d(axes), score_fns):
+        _quiver(ax, score_fns[name], box, f"{TITLES[name]}: s(x)", heldout)
     fig.suptitle("score fields (arrow length log(1 + |s|), colour |s|)")
     fig.tight_layout()
-    paths["score_field"] = os.path.join(args.workdir, "score_field.png")
-    fig.savefig(paths["score_field"], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def plot_losses(path: str, histories: dict, loss_floor: float | None) -> None:
+    """50-step running means of the training losses, with the exact-SM loss at the true score if known."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for objective, hist in histories.items():
         smooth = np.convolve(hist, np.ones(50) / 50, mode="valid")
         ax.plot(np.arange(len(smooth)) + 50, smooth, label=objective)
-    if "loss_at_true_score" in results.get("exact", {}):
-        ax.axhline(results["exact"]["loss_at_true_score"], color="k", ls="--", lw=1, label="exact SM at true score")
+    if loss_floor is not None:
+        ax.axhline(loss_floor, color="k", ls="--", lw=1, label="exact SM at true score")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (50-step mean)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths["losses"] = os.path.join(args.workdir, "losses.png")
-    fig.savefig(paths["losses"], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def print_summary(results: dict, names: list[str], paths: dict) -> None:
+    base = results["sliced_w1_data_vs_heldout"]
+    print(f"data: {results['data']}; sliced W1 data vs held-out data: {base:.4f}")
+    for name in names:
+        r = results[name]
+        extra = f", mode weights {r['mode_weights']}" if "mode_weights" in r else ""
+        err = ""
+        if "relative_score_error" in r:
+            err = (f", relative score error {r['relative_score_error']:.3f} on data, "
+                   f"{r['relative_score_error_uniform_box']:.3f} on the box")  # fmt: skip
+        print(f"  {name:7s} sliced W1 samples vs held-out: {r['sliced_w1_samples_vs_heldout']:.4f}{err}{extra}")
+    if "true_mode_weights" in results:
+        print(f"  true mode weights {results['true_mode_weights']}")
+    print("figures:", ", ".join(paths.values()))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    os.makedirs(args.workdir, exist_ok=True)
+    data_np, _ = toys.toy(args.data, args.num_train, seed=args.seed)
+    heldout_np, _ = toys.toy(args.data, args.num_samples, seed=args.seed + 1)
+    baseline_np, _ = toys.toy(args.data, args.num_samples, seed=args.seed + 2)
+    heldout = jnp.asarray(heldout_np)
+    mix = toys.toy_mixture(args.data)  # None for non-mixture toys
+    true_score = None if mix is None else (lambda x: mix.score_sigma(x, 0.0))
+
+    k_train, k_sample, k_sw = jax.random.split(jax.random.key(args.seed), 3)
+    sliced_w1 = jax.jit(lambda a, b: metrics.sliced_wasserstein(a, b, key=k_sw, num_projections=256))
+    results: dict = {"data": args.data, "train_steps": args.steps, "langevin_steps": args.langevin_steps,
+                     "step_size": args.step_size, "num_samples": args.num_samples,
+                     "sliced_w1_data_vs_heldout": float(sliced_w1(jnp.asarray(baseline_np), heldout))}  # fmt: skip
+    if mix is not None:
+        results["true_mode_weights"] = [round(float(w), 4) for w in mix.weights]
+
+    model = MLP(hidden=args.hidden, num_layers=args.num_layers, out_dim=2)
+    score_fns, histories, train_entries = train_score_models(args, model, jnp.asarray(data_np), k_train)
+    results.update(train_entries)
+    if true_score is not None:
+        # Off the data: uniform points on the sampler's initial box, where the score is learned poorly.
+        box_points = jax.random.uniform(jax.random.fold_in(k_sw, 1), (args.num_samples, 2), minval=-args.box,
+                                        maxval=args.box)  # fmt: skip
+        for objective in OBJECTIVES:
+            results[objective].update(score_errors(score_fns[objective], true_score, heldout, box_points))
+        score_fns["true"] = jax.jit(true_score)
+
+    samples, sample_entries = sample_and_score(score_fns, args, k_sample, heldout, sliced_w1, mix)
+    for name, entry in sample_entries.items():
+        results.setdefault(name, {}).update(entry)
+
+    paths = {name: os.path.join(args.workdir, f"{name}.png") for name in ("samples", "score_field", "losses")}
+    plot_samples(paths["samples"], samples, heldout_np, results, args)
+    plot_score_fields(paths["score_field"], score_fns, heldout_np, args.box)
+    plot_losses(paths["losses"], histories, results.get("exact", {}).get("loss_at_true_score"))
     results["figures"] = paths
     with open(os.path.join(args.workdir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
     if args.json:
         print(json.dumps(results))
     else:
-        base = results["sliced_w1_data_vs_heldout"]
-        print(f"data: {args.data}; sliced W1 data vs held-out data: {base:.4f}")
-        for name in names:
-            r = results[name]
-            extra = f", mode weights {r['mode_weights']}" if "mode_weights" in r else ""
-            err = ""
-            if "relative_score_error" in r:
-                err = (f", relative score error {r['relative_score_error']:.3f} on data, "
-                       f"{r['relative_score_error_uniform_box']:.3f} on the box")  # fmt: skip
-            print(f"  {name:7s} sliced W1 samples vs held-out: {r['sliced_w1_samples_vs_heldout']:.4f}{err}{extra}")
-        if mix is not None:
-            print(f"  true mode weights {results['true_mode_weights']}")
-        print("figures:", ", ".join(paths.values()))
+        print_summary(results, list(samples), paths)
     return results
 
 

@@ -3,10 +3,10 @@
 What it does: Adam with a linear warm-up + cosine decay on the 60 000 training images (in [-1, 1],
 NHWC, shuffled by `diffax.data.build_batches`), one jitted train step; then on the 10 000 test
 images it reports the accuracy and fits the Gaussian of the penultimate features (float64 mean and
-unbiased covariance) used as the reference of `diffax.feature_fid.feature_fid`.
+unbiased covariance) used as the reference of `diffax.evaluation.classifier_features.feature_fid`.
 
 Writes to ``--workdir`` (default runs/mnist_classifier/):
-  classifier.msgpack        model hyperparameters + params, one file (`diffax.feature_fid.save_classifier`)
+  classifier.msgpack        model hyperparameters + params, one file (`classifier_features.save_classifier`)
   test_feature_stats.npz    mu (F,), sigma (F, F), n, features (N, F) of the test set (KID needs the features)
   metrics.json              test accuracy, wall times, settings
 
@@ -18,10 +18,10 @@ seed 0): test accuracy 99.31 % (bitwise the same in two runs), wall 246 s (train
 CPU at load ~9, 61 s (train 53 s) on the idle one. Classifier FID of 5000 training images vs the test stats:
 0.014; of uniform noise: 13.9.
 
-Use the result:
-    model, params = feature_fid.load_classifier("runs/mnist_classifier/classifier.msgpack")
-    ref = feature_fid.load_feature_stats("runs/mnist_classifier/test_feature_stats.npz")
-    fid = feature_fid.feature_fid(samples, ref, model=model, params=params)
+Use the result (``from diffax.evaluation import classifier_features``):
+    model, params = classifier_features.load_classifier("runs/mnist_classifier/classifier.msgpack")
+    ref = classifier_features.load_feature_stats("runs/mnist_classifier/test_feature_stats.npz")
+    fid = classifier_features.feature_fid(samples, ref, model=model, params=params)
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffax import data, feature_fid
+from diffax import data
+from diffax.evaluation import classifier_features
 from diffax.models import Classifier
 
 DEFAULT_DATA_DIRS = {"mnist_local": "/work/shared/data/mnist"}
@@ -133,17 +134,17 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     train_s = time.perf_counter() - t_train
 
     t_eval = time.perf_counter()
-    logits, feats = feature_fid.classifier_outputs(test_x, model=model, params=params,
-                                                   batch_size=args.eval_batch_size)
+    logits, feats = classifier_features.classifier_outputs(test_x, model=model, params=params,
+                                                           batch_size=args.eval_batch_size)
     test_acc = float(np.mean(np.argmax(logits, axis=1) == test_y))
     mu = feats.astype(np.float64).mean(axis=0)
     sigma = np.cov(feats.astype(np.float64), rowvar=False)
     eval_s = time.perf_counter() - t_eval
 
     os.makedirs(args.workdir, exist_ok=True)
-    feature_fid.save_classifier(os.path.join(args.workdir, "classifier.msgpack"), model, params)
-    feature_fid.save_feature_stats(os.path.join(args.workdir, "test_feature_stats.npz"), mu, sigma,
-                                   n=feats.shape[0], features=feats)
+    classifier_features.save_classifier(os.path.join(args.workdir, "classifier.msgpack"), model, params)
+    classifier_features.save_feature_stats(os.path.join(args.workdir, "test_feature_stats.npz"), mu, sigma,
+                                           n=feats.shape[0], features=feats)
     result = dict(
         dataset=args.dataset,
         test_accuracy=test_acc,

@@ -8,6 +8,7 @@ fixed, so the tests are deterministic, and each statistical check has a negative
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -143,6 +144,94 @@ def test_verify_md5(tmp_path):
     assert data.verify_md5(path, "900150983cd24fb0d6963f7d28e17f72") == "900150983cd24fb0d6963f7d28e17f72"
     with pytest.raises(ValueError, match="md5"):
         data.verify_md5(path, "0" * 32)
+
+
+def test_damaged_gzip_names_the_file(tmp_path):
+    """A truncated .gz (EOFError), a corrupted deflate stream (CRC / zlib error) and a non-gzip file named
+    .gz each give one ValueError naming the file; an intact file loads (control)."""
+    from diffax.data import sources
+
+    written = _write_mnist_dir(str(tmp_path))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    good = path.read_bytes()
+    np.testing.assert_array_equal(data.read_idx(str(path)), written["train"][0])  # control
+    damaged = {
+        "truncated": (good[:-30], "EOFError"),
+        "not gzip": (b"\x00\x00\x08\x03" + bytes(64), "BadGzipFile"),
+        "bad trailer": (good[:-8] + bytes(8), "BadGzipFile: CRC check failed"),
+    }
+    for what, (raw, cause) in damaged.items():
+        path.write_bytes(raw)
+        with pytest.raises(ValueError, match="damaged or truncated gzip file") as e:
+            data.load_array("mnist_local", path=str(tmp_path))
+        assert str(path) in str(e.value) and cause in str(e.value), (what, str(e.value))
+        with pytest.raises(ValueError, match=str(path)):
+            sources.verify_md5(str(path), "0" * 32)
+
+
+def test_published_mnist_md5_is_checked_for_files_of_the_published_shape(tmp_path, monkeypatch):
+    """t10k-labels of the published shape (10000,) must have MNIST's md5; with that md5 patched to the file's
+    own it loads (control), and so does a Fashion-MNIST .gz whose md5 is Fashion-MNIST's. A file of another
+    shape (a subset, a test fixture) is not md5-checked: every other test here relies on that."""
+    from diffax.data import sources
+
+    _write_mnist_dir(str(tmp_path), n_test=4)
+    labels = np.random.default_rng(3).integers(0, 10, 10000).astype(np.uint8)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    data.write_idx(str(path), labels)
+    actual = hashlib.md5(gzip.open(path).read()).hexdigest()
+    with pytest.raises(ValueError) as e:
+        data.read_idx(str(path))
+    assert str(e.value).startswith(f"{path}: md5 of the decompressed bytes is {actual}, expected "
+                                   f"{sources.MNIST_MD5['t10k-labels-idx1-ubyte']}")  # fmt: skip
+    monkeypatch.setitem(sources.MNIST_MD5, "t10k-labels-idx1-ubyte", actual)
+    np.testing.assert_array_equal(data.read_idx(str(path)), labels)
+    monkeypatch.setitem(sources.MNIST_MD5, "t10k-labels-idx1-ubyte", "0" * 32)
+    gz_md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(sources.FASHION_MNIST_GZ_MD5, "t10k-labels-idx1-ubyte", gz_md5)
+    np.testing.assert_array_equal(data.read_idx(str(path)), labels)
+    # The same content uncompressed has no Fashion-MNIST .gz md5 to match: refused.
+    raw_path = tmp_path / "raw" / "t10k-labels-idx1-ubyte"
+    raw_path.parent.mkdir()
+    data.write_idx(str(raw_path), labels)
+    with pytest.raises(ValueError, match=f"{raw_path}: md5 of the decompressed bytes is {actual}"):
+        data.read_idx(str(raw_path))
+
+
+def test_not_an_npz_names_the_file_and_what_is_expected(tmp_path):
+    import pickle
+    import zipfile
+
+    path = tmp_path / "d.npz"
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    # what -> (write the file, expected message part, also raised by data_shape's header-only read)
+    cases = {
+        "pickle": (lambda: path.write_bytes(pickle.dumps({"images": images})), "not a zip archive", True),
+        "bare .npy": (lambda: np.save(open(path, "wb"), images), "a single .npy array, not an .npz archive", True),
+        "truncated": (lambda: path.write_bytes(good[: len(good) // 2]), "not a zip archive (truncated?)", True),
+        # the damage is in the member's data, past the header that data_shape reads
+        "bad member": (lambda: path.write_bytes(bad_member), "unreadable .npz (BadZipFile: Bad CRC-32", False),
+        "no images": (lambda: np.savez(open(path, "wb"), x=images), "no key 'images' (keys: ['x'])", True),
+    }
+    with open(path, "wb") as f:
+        np.savez(f, images=images)
+    good = path.read_bytes()
+    np.testing.assert_array_equal(data.load_array("npz", path=str(path))[0], images)  # control
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("images.npy")
+    bad_member = bytearray(good)
+    bad_member[info.header_offset + 30 + len(info.filename) + info.file_size // 2] ^= 0xFF
+    bad_member = bytes(bad_member)
+    for what, (write, expected, header_too) in cases.items():
+        write()
+        loaders = [lambda: data.load_array("npz", path=str(path))]
+        loaders += [lambda: data.data_shape("npz", path=str(path))] if header_too else []
+        for load in loaders:
+            with pytest.raises(ValueError) as e:
+                load()
+            msg = str(e.value)
+            assert msg.startswith(f"{path}: ") and expected in msg, (what, msg)
+            assert "numpy.savez" in msg, msg  # says what is expected
 
 
 # ------------------------------------------------------------------------------------------------ npz

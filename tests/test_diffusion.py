@@ -241,7 +241,7 @@ def test_model_variance_values(name, x64):
 
 
 def test_clip_x0(x64):
-    s = schedules.linear(10)
+    s = schedules.linear(10, 1e-4, 0.02)
     x_t = jnp.array([[0.2, -0.1, 0.0]])
     t = jnp.array([4])
     out = jnp.array([[3.0, -0.5, -7.0]])  # an x0-prediction partly outside [-1, 1]
@@ -268,7 +268,7 @@ def test_p_mean_variance_jit_matches_eager():
 
 
 def test_invalid_options_raise():
-    s = schedules.linear(10)
+    s = schedules.linear(10, 1e-4, 0.02)
     x = jnp.zeros((2, 3))
     t = jnp.array([0, 1])
     with pytest.raises(ValueError, match="'eps2'"):
@@ -288,3 +288,85 @@ def test_extract_shapes():
     assert diffusion.extract(table, jnp.array([1, 2]), 4).shape == (2, 1, 1, 1)
     np.testing.assert_array_equal(diffusion.extract(table, jnp.array([1, 7]), 2)[:, 0], [1.0, 7.0])
     assert diffusion.extract(table, jnp.asarray(3), 3).shape == (1, 1, 1)
+
+
+# --------------------------------------------------------------------------- t outside [0, T-1]
+
+
+_T_RANGE_CALLS = {
+    "q_sample": lambda s, x, t: diffusion.q_sample(s, x, t, x),
+    "q_mean_variance": lambda s, x, t: diffusion.q_mean_variance(s, x, t),
+    "q_step_sample": lambda s, x, t: diffusion.q_step_sample(s, x, t, x),
+    "q_posterior": lambda s, x, t: diffusion.q_posterior(s, x, x, t),
+    "eps_to_x0": lambda s, x, t: diffusion.eps_to_x0(s, x, t, x),
+    "p_mean_variance": lambda s, x, t: diffusion.p_mean_variance(s, x, x, t, var_type="fixed_large"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_T_RANGE_CALLS))
+@pytest.mark.parametrize("bad_t", [-1, 10, [3, -1], [9, 10, 12]])
+def test_concrete_t_out_of_range_raises_naming_it(name, bad_t):
+    # T = 10: t = -1 used to wrap to index 9 silently and t = 10 to give NaN; now a concrete t is
+    # checked eagerly and the error names the bad values and the allowed range.
+    s = schedules.linear(10, 1e-4, 0.02)
+    x = jnp.ones((2, 3)) if np.ndim(bad_t) == 0 else jnp.ones((len(bad_t), 3))
+    bad = sorted({v for v in np.atleast_1d(bad_t).tolist() if not 0 <= v <= 9})
+    for t in (bad_t, np.asarray(bad_t), jnp.asarray(bad_t)):  # Python, NumPy and JAX indices alike
+        with pytest.raises(ValueError, match=r"\[0, 9\]") as info:
+            _T_RANGE_CALLS[name](s, x, t)
+        assert str(bad) in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(_T_RANGE_CALLS))
+def test_in_range_t_eager_equals_jit_and_end_points_work(name, x64):
+    # The check must not reject the end points 0 and T-1, and a traced t (no check possible)
+    # must give the eager result (float64; 1e-13 allows the few ulps of XLA's fused arithmetic).
+    s = schedules.linear(10, 1e-4, 0.02)
+    x = jax.random.normal(jax.random.key(0), (3, 2))
+    t = jnp.array([0, 4, 9])
+    eager = _T_RANGE_CALLS[name](s, x, t)
+    jitted = jax.jit(lambda x, t: _T_RANGE_CALLS[name](s, x, t))(x, t)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-15)
+        assert np.all(np.isfinite(a))
+
+
+def test_traced_t_out_of_range_gives_nan_not_a_wrapped_value():
+    # Under jit t is a tracer and cannot be checked; an out-of-range index must then be loud
+    # (NaN), never another timestep's value: -1 must not read alpha-bar_{T-1}.
+    s = schedules.linear(10, 1e-4, 0.02)
+    x0 = jnp.ones((4, 2))
+    f = jax.jit(lambda t: diffusion.q_sample(s, x0, t, jnp.zeros_like(x0)))
+    out = np.asarray(f(jnp.array([-1, 10, 3, -11])))
+    assert np.all(np.isnan(out[[0, 1, 3]]))
+    np.testing.assert_allclose(out[2], np.sqrt(_abar(s)[3]), rtol=1e-6)
+    # Negative control: the eager path's table lookup of the last index, which t = -1 used to hit.
+    assert np.all(np.isfinite(np.asarray(diffusion.q_sample(s, x0, jnp.full((4,), 9), jnp.zeros_like(x0)))))
+
+
+# --------------------------------------------------------------------------- output splitting, clipping
+
+
+def test_split_model_output_reads_the_split_from_var_type_or_shape():
+    x_shape = (2, 5, 3)
+    out = jnp.arange(2 * 5 * 6, dtype=jnp.float32).reshape(2, 5, 6)
+    for var_type in ("learned", "learned_range", None):  # None: 2C channels read from the shape
+        mean, var = diffusion.split_model_output(out, x_shape, var_type)
+        np.testing.assert_array_equal(mean, out[..., :3])
+        np.testing.assert_array_equal(var, out[..., 3:])
+    plain = out[..., :3]
+    for var_type in ("fixed_small", "fixed_large", None):
+        mean, var = diffusion.split_model_output(plain, x_shape, var_type)
+        assert mean is plain and var is None
+    with pytest.raises(ValueError, match=r"\(2, 5, 6\).*\(2, 5, 3\)"):
+        diffusion.split_model_output(out, x_shape, "fixed_small")  # 2C but a fixed variance
+    with pytest.raises(ValueError, match=r"\(2, 5, 4\)"):
+        diffusion.split_model_output(jnp.zeros((2, 5, 4)), x_shape)  # neither C nor 2C
+
+
+def test_apply_clip_and_its_former_private_name():
+    x = jnp.array([-3.0, -0.5, 0.2, 2.0])
+    np.testing.assert_array_equal(diffusion.apply_clip(x, None), x)
+    np.testing.assert_array_equal(diffusion.apply_clip(x, 1.0), np.float32([-1.0, -0.5, 0.2, 1.0]))
+    np.testing.assert_array_equal(diffusion.apply_clip(x, jnp.tanh), jnp.tanh(x))
+    assert diffusion._apply_clip is diffusion.apply_clip

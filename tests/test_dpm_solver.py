@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from diffax import diffusion, dpm_solver, ode, oracles, samplers, schedules
+from diffax.evaluation import oracle_checks
 
 
 def _reference(mix, s, x_T, k_end: int):
@@ -28,35 +29,32 @@ def _rms(a, b):
     return float(jnp.sqrt(jnp.mean(jnp.sum((a - b) ** 2, axis=-1))))
 
 
+def measured_orders(data: str) -> dict:
+    """`oracle_checks.sampler_convergence_orders` on linear T = 1000 for one oracle (x64 must be on); the
+    procedure experiments/dpm_solver_order.py reports for the README."""
+    s = schedules.linear(1000)
+    mix = oracles.seed_mixture_1d(s) if data == "seed_1d" else oracles.anisotropic_mixture_2d(s)
+    return oracle_checks.sampler_convergence_orders(mix, s)
+
+
 @pytest.mark.parametrize("data", ["seed_1d", "anisotropic_2d"])
 def test_second_order_convergence_to_the_ode_solution(x64, data):
     """Error vs the exact ODE solution falls as M^-2 for 2M and M^-1 for DDIM (eta = 0, same grid).
 
-    Grid: time-uniform indices round(linspace(T-1, k_end, M+1)) with final_step='none', M = 10..80.
-    The empirical order is the least-squares slope of log error vs log M, asserted within +-0.4 of
-    theory (as diffrax's own solver tests do). k_end = 100 rather than 0 because on DDPM's linear
-    schedule lambda(k) ~ -1/2 log(beta_0 (k + 1)) is singular at the data end: the last step of a
-    time-uniform grid into index 0 has h = 1/2 log(1 + 999/M), which shrinks only logarithmically,
-    so no fixed M range is asymptotic there. (The full range is tested below.)
+    Grid: time-uniform indices round(linspace(T-1, k_end, M+1)) with final_step='none', M = 10..80
+    (see `measured_orders`). The empirical order of DPM-Solver++(2M) must lie in (1.8, 2.6)
+    (measured 2.27 in 1-D, 2.15 in 2-D: a little above 2 because the error constant still shrinks
+    over this M range); the order-1 control, `samplers.ddim` on the same indices (measured 1.02 /
+    1.01), must fall outside that band and within 0.4 of 1. k_end = 100 rather than 0 because on
+    DDPM's linear schedule lambda(k) ~ -1/2 log(beta_0 (k + 1)) is singular at the data end: the
+    last step of a time-uniform grid into index 0 has h = 1/2 log(1 + 999/M), which shrinks only
+    logarithmically, so no fixed M range is asymptotic there. (The full range is tested below.)
     """
-    s = schedules.linear(1000)
-    mix = oracles.seed_mixture_1d(s) if data == "seed_1d" else oracles.anisotropic_mixture_2d(s)
-    shape = (256, mix.dim)
-    x_T = jax.random.normal(jax.random.PRNGKey(0), shape)
-    k_end = 100
-    ref = _reference(mix, s, x_T, k_end)
-    steps = np.array([10, 20, 40, 80])
-    errs = {1: [], 2: []}
-    for order in (1, 2):
-        for M in steps:
-            ts = np.round(np.linspace(999, k_end, M + 1)).astype(np.int64)
-            x = dpm_solver.dpm_solver_pp_2m(mix.eps, s, None, shape, timesteps=ts, final_step="none",
-                                            order=order, x_init=x_T)
-            errs[order].append(_rms(x, ref))
-    for order in (1, 2):
-        slope = -np.polyfit(np.log(steps), np.log(errs[order]), 1)[0]
-        assert abs(slope - order) <= 0.4, (order, slope, errs[order])
-    assert errs[2][-1] < errs[1][-1] / 5, errs  # and 2M is far more accurate at equal NFE
+    res = measured_orders(data)
+    assert 1.8 < res["dpm_2m"] < 2.6, res
+    assert not 1.8 < res["ddim"] < 2.6, res
+    assert abs(res["ddim"] - 1.0) <= 0.4, res
+    assert res["errors"]["dpm_2m"][-1] < res["errors"]["ddim"][-1] / 5, res  # 2M far more accurate at equal NFE
 
 
 def test_full_range_converges_to_the_ode_solution_at_the_data(x64):

@@ -1,5 +1,5 @@
 """Tests of diffax.training.image_eval (test-split bits/dim, classifier FID) and of `--mode=eval`
-for images through the loop.
+for images through the entry point.
 
 The bits/dim path is checked against `diffax.likelihood.vlb_bpd` called directly (the VLB itself is
 tested against analytic values in test_likelihood.py): batching, padding, key handling and label
@@ -47,7 +47,7 @@ def test_bits_per_dim_equals_direct_vlb_with_padding_and_labels():
     `likelihood.vlb_bpd` on the same padded batch with key fold_in(key, j) (float32: rtol 1e-6);
     bpd is their mean and bpd_stderr = sd / sqrt(N). Labels reach the network (negative control:
     other labels give other totals)."""
-    s = schedules.linear(20)
+    s = schedules.linear(20, 1e-4, 0.02)
     params = {"c": jnp.asarray(0.3)}
     images, labels = _images(5), np.array([0, 1, 2, 0, 1], np.int32)
     key = jax.random.PRNGKey(4)
@@ -74,7 +74,7 @@ def test_bits_per_dim_equals_direct_vlb_with_padding_and_labels():
 
 
 def test_bits_per_dim_rejects_bad_input():
-    s = schedules.linear(5)
+    s = schedules.linear(5, 1e-4, 0.02)
     with pytest.raises(ValueError, match="labels has 2 entries for 3 images"):
         image_eval.test_bits_per_dim(_linear_eps_model, {"c": 0.0}, s, _images(3), jax.random.PRNGKey(0),
                                      labels=np.zeros(2, np.int32), progress=False)  # fmt: skip
@@ -118,23 +118,21 @@ def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     """`--mode=train,sample,eval` on mock MNIST with a tiny UNet (T = 10): eval.json holds the test-split
     bits/dim (equal to image_eval.test_bits_per_dim on the checkpoint's EMA params with the eval key,
     rtol 1e-6) and the classifier FID (equal to classifier_metrics on samples.npy, rtol 1e-9)."""
-    import importlib.util
     import os
 
     import tensorflow_datasets as tfds
 
     from diffax import main as main_lib
-    from diffax.training import loop
+    from diffax import data
+    from diffax.training import builders, presets, restore
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("cfg_mnist_eval", os.path.join(repo, "configs", "mnist.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    config = presets.load_config(os.path.join(repo, "configs", "mnist.py"))
     config.data.name, config.data.path = "mnist", None
     config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 8, (1,), 1
     config.model.attn_resolutions, config.model.num_groups = (), 4
-    config.diffusion.num_timesteps = 10
+    config.diffusion.num_timesteps = 10  # DDPM's betas kept at T = 10 (x_T is not N(0, I): allowed explicitly)
+    config.diffusion.beta_start, config.diffusion.beta_end, config.diffusion.max_terminal_alpha_bar = 1e-4, 0.02, 1.0
     config.training.num_steps, config.training.batch_size, config.training.sample_every = 2, 8, 0
     config.sampling.num_samples = 6
     config.eval.bpd_num_examples, config.eval.bpd_batch_size = 3, 2
@@ -146,12 +144,12 @@ def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     config.eval.classifier_path = str(clf)
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
         main_lib.run(config, str(tmp_path), ["train", "sample", "eval"])
-        images, _ = loop._test_split(config)
+        images, _ = data.load_array("mnist", split="test")
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["checkpoint_step"] == 2
-    model_u, schedule, _, ema, _ = loop._restore_ema_params(config, str(tmp_path))
-    want = image_eval.test_bits_per_dim(model_u.apply, ema, schedule, images[:3], loop._key(config, loop._EVAL_STREAM),
-                                        batch_size=2, progress=False)  # fmt: skip
+    run = restore.restore_params(builders.build(config), str(tmp_path))
+    want = image_eval.test_bits_per_dim(run.experiment.model.apply, run.params, run.experiment.schedule, images[:3],
+                                        restore.stream_key(config.seed, "eval"), batch_size=2, progress=False)  # fmt: skip
     np.testing.assert_allclose(result["test_bpd"], want["bpd"], rtol=1e-6)
     assert result["bpd_num_examples"] == 3 and result["test_bpd_stderr"] > 0
     samples = np.load(tmp_path / "samples.npy")

@@ -135,7 +135,7 @@ def test_ddpm_interpolate_shares_the_reverse_noise(x64):
 
 
 def test_ddpm_interpolate_rejects_bad_t():
-    s = schedules.linear(10)
+    s = schedules.linear(10, 1e-4, 0.02)
     x = jnp.zeros((2, 2))
     eps = _standard_normal_eps(s)
     for t in (-1, 10, 2.5):

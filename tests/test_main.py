@@ -1,4 +1,4 @@
-"""End-to-end tests of the entry point (`diffax.main`) and the loop (`diffax.training.loop`).
+"""End-to-end tests of the entry point (`diffax.main`) and the run layer (`diffax.training.train` / `evaluate`).
 
 - gmm1d: a short training run, then `sample` and `eval`; the samples must match the seed mixture.
 - MNIST with a tiny UNet under `tfds.testing.mock_data`: one step of training, then sampling.
@@ -7,27 +7,32 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from diffax import data
+from diffax import data, metrics
 from diffax import main as main_lib
-from diffax.training import loop, plots
+from diffax.evaluation import toys
+from diffax.training import evaluate, plots, presets
+
+
+def w1(a, b) -> float:
+    """W1 of two 1-D samples in float64 (`diffax.evaluation.metrics.wasserstein_1d` under x64)."""
+    with jax.enable_x64(True):
+        return float(metrics.wasserstein_1d(np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))))
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return presets.load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def test_gmm1d_train_sample_eval_matches_mixture(tmp_path):
@@ -50,14 +55,14 @@ def test_gmm1d_train_sample_eval_matches_mixture(tmp_path):
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
 
     truth = data.toy("gmm1d", 20_000, seed=12345)[0]
-    baseline = np.mean([loop.wasserstein_1d(data.toy("gmm1d", 2000, seed=100 + i)[0], truth) for i in range(20)])
+    baseline = np.mean([w1(data.toy("gmm1d", 2000, seed=100 + i)[0], truth) for i in range(20)])
     mix = data.toy_mixture("gmm1d")
 
     def passes(s):
-        w = loop.mode_weights(s, mix)
-        return loop.wasserstein_1d(s, truth) <= 2.5 * baseline and np.all(np.abs(w - 0.5) <= 0.05)
+        w = toys.density_mode_weights(s, mix)
+        return w1(s, truth) <= 2.5 * baseline and np.all(np.abs(w - 0.5) <= 0.05)
 
-    assert passes(x), (loop.wasserstein_1d(x, truth) / baseline, loop.mode_weights(x, mix))
+    assert passes(x), (w1(x, truth) / baseline, toys.density_mode_weights(x, mix))
     centre = np.where(x < 0, -2.0, 2.0)
     assert not passes(centre + 0.6 * (x - centre))  # too narrow
     assert not passes(x + 0.2)  # shifted
@@ -65,25 +70,27 @@ def test_gmm1d_train_sample_eval_matches_mixture(tmp_path):
 
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["metric"] == "w1" and ev["checkpoint_step"] == 3000 and ev["num_samples"] == 2000
-    assert ev["w1_samples_vs_heldout"] == pytest.approx(loop.wasserstein_1d(x, loop._reference_data(
-        config, 2000, loop._HELDOUT_SEED_OFFSET)), rel=1e-12)  # fmt: skip
-    assert ev["mode_weights"] == pytest.approx(loop.mode_weights(x, mix).tolist())
+    heldout = data.toy("gmm1d", 2000, seed=config.seed + evaluate.HELDOUT_SEED_OFFSET)[0]
+    assert ev["w1_samples_vs_heldout"] == pytest.approx(w1(x, heldout), rel=1e-12)
+    assert ev["density_mode_weights"] == pytest.approx(toys.density_mode_weights(x, mix).tolist())
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(100, 3001, 100))
 
 
 def test_wasserstein_1d_matches_closed_form():
     # W1 between point masses: |a - b|; between U{0,1} samples and their shift by c: c.
-    assert loop.wasserstein_1d(np.array([0.0]), np.array([3.0])) == pytest.approx(3.0)
+    assert w1(np.array([0.0]), np.array([3.0])) == pytest.approx(3.0)
     a = np.linspace(0, 1, 101)
-    assert loop.wasserstein_1d(a, a + 0.25) == pytest.approx(0.25, abs=1e-12)
+    assert w1(a, a + 0.25) == pytest.approx(0.25, abs=1e-12)
     # unequal sizes: {0, 1} vs {0.5}: each half of the mass moves 0.5.
-    assert loop.wasserstein_1d(np.array([0.0, 1.0]), np.array([0.5])) == pytest.approx(0.5)
+    assert w1(np.array([0.0, 1.0]), np.array([0.5])) == pytest.approx(0.5)
     # Sliced W1 of a cloud and its shift by v (|v| = 1): the mean over directions u of |<v, u>|, whose
     # expectation is 2/pi; the std of |cos| is sqrt(1/2 - 4/pi^2) = 0.31, so with 4096 directions the
     # standard error is 0.0048 (0.75%) and rel=0.04 is 5 sigma.
     pts = np.random.default_rng(0).standard_normal((500, 2))
-    sw = loop.sliced_wasserstein(pts, pts + np.array([1.0, 0.0]), num_projections=4096)
+    with jax.enable_x64(True):
+        sw = float(metrics.sliced_wasserstein(pts, pts + np.array([1.0, 0.0]), key=jax.random.PRNGKey(0),
+                                              num_projections=4096))
     assert sw == pytest.approx(2 / np.pi, rel=0.04)
 
 
@@ -126,7 +133,7 @@ def test_parse_modes_and_workdir_errors(tmp_path):
 
 def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="train first"):
-        loop.sample(_config("gmm1d"), str(tmp_path))
+        evaluate.sample(_config("gmm1d"), str(tmp_path))
 
 
 def test_cli_rejects_bad_mode_and_unknown_key(tmp_path):

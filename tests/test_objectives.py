@@ -8,7 +8,6 @@ no training), then two short runs through `diffax.main` with bounds on what they
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -21,16 +20,13 @@ import pytest
 from diffax import diffusion, guidance, samplers, schedules
 from diffax import main as main_lib
 from diffax.models import MLP, Classifier
-from diffax.training import builders, loop, step
+from diffax.training import builders, presets, restore, step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg) if arg else mod.get_config()
+    return presets.load_config(os.path.join(REPO, "configs", f"{name}.py") + (f":{arg}" if arg else ""))
 
 
 def test_noisy_classifier_loss_is_cross_entropy_on_q_sample():
@@ -76,6 +72,7 @@ def test_build_sampler_classifier_free_guidance_equals_manual_composition():
     separately compiled programs: rtol 1e-5); w = 0 gives a different result (the guidance is applied)."""
     config = _toy_config(method="ddim", num_steps=10, guidance_w=2.0, clip_x0=1.0)
     config.model.num_classes = 3
+    config.diffusion.p_uncond = 0.1  # CFG needs a trained null label
     model = builders.build_model(config, (2,))
     s = builders.build_schedule(config)
     params = builders.init_params(model, jax.random.PRNGKey(0), (2,))
@@ -171,6 +168,94 @@ def test_noisy_classifier_through_main_and_classifier_eval(tmp_path):
     with pytest.raises(ValueError, match="no sampler"):
         main_lib.run(config, str(tmp_path), ["sample"])
     # load_run gives the classifier back for guidance, with its class count.
-    clf_config, module, _, restored_step = loop.load_run(str(tmp_path))
+    clf_config, module, _, restored_step = restore.load_run(str(tmp_path))
     assert clf_config.training.objective == "noisy_classifier" and module.num_classes == 3 and restored_step == 600
     assert isinstance(module, Classifier) and not isinstance(module, MLP)
+
+
+@pytest.mark.parametrize("mean_type", ["x0", "v"])
+def test_build_sampler_classifier_guidance_passes_mean_type(mean_type):
+    """For an x0- or v-model the builder's guided sampler is guidance.classifier(..., mean_type=mean_type)
+    under DDIM (rtol 1e-5), and differs from guidance that treats the output as eps (the old defect)."""
+    config = _toy_config(method="ddim", num_steps=10, classifier_scale=2.0, clip_x0=1.0)
+    config.diffusion.mean_type = mean_type
+    model = builders.build_model(config, (2,))
+    s = builders.build_schedule(config)
+    params = _perturbed(builders.init_params(model, jax.random.PRNGKey(0), (2,)))
+    clf = Classifier(num_classes=3, hidden=16, num_layers=1, time_conditional=True)
+    clf_params = _perturbed(jax.jit(clf.init)(jax.random.PRNGKey(2), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))["params"], 0.5)
+    key = jax.random.PRNGKey(1)
+    got = jax.jit(builders.build_sampler(config, model, s, (2,), classifier=(clf, clf_params)), static_argnums=2)(
+        params, key, 6)
+    y = jnp.arange(6, dtype=jnp.int32) % 3
+
+    def log_prob(x_t, t, labels):
+        lp = jax.nn.log_softmax(clf.apply({"params": clf_params}, x_t, t), -1)
+        return lp[jnp.arange(lp.shape[0]), labels]
+
+    out = lambda x_t, t: model.apply({"params": params}, x_t, t, train=False)  # noqa: E731
+
+    def run(guide_as):
+        fn = guidance.classifier(out, log_prob, s, y, scale=2.0, mean_type=guide_as)
+        return jax.jit(lambda k: samplers.ddim(fn, s, k, (6, 2), num_steps=10, clip_x0=1.0, mean_type=mean_type))(key)
+
+    np.testing.assert_allclose(np.asarray(got), np.asarray(run(mean_type)), rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(got - run("eps")))) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_build_sampler_respacing_honours_spacing(method):
+    """sampling.num_steps < T respaces with sampling.spacing for both methods: the builder's sampler equals
+    the sampler given space_timesteps(T, N, spacing) by hand (rtol 1e-5), and 'leading' != 'trailing'."""
+    outs = {}
+    for spacing in ("leading", "trailing"):
+        config = _toy_config(method=method, num_steps=6, spacing=spacing)
+        model = builders.build_model(config, (2,))
+        s = builders.build_schedule(config)
+        params = _perturbed(builders.init_params(model, jax.random.PRNGKey(0), (2,)))
+        key = jax.random.PRNGKey(3)
+        got = jax.jit(builders.build_sampler(config, model, s, (2,)), static_argnums=2)(params, key, 5)
+        eps = lambda x_t, t: model.apply({"params": params}, x_t, t, train=False)  # noqa: E731
+        ts = schedules.space_timesteps(30, 6, spacing)
+        if method == "ddpm":
+            want = jax.jit(lambda k: samplers.ddpm(eps, s, k, (5, 2), timesteps=ts))(key)
+        else:
+            want = jax.jit(lambda k: samplers.ddim(eps, s, k, (5, 2), timesteps=ts))(key)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+        outs[spacing] = np.asarray(got)
+    assert np.max(np.abs(outs["leading"] - outs["trailing"])) > 1e-3
+
+
+def test_build_schedule_scales_linear_betas_and_refuses_a_noisy_terminal():
+    """diffusion.beta_start/beta_end None: 1e-4 and 0.02 scaled by 1000/T (exact); alpha-bar_(T-1) above
+    diffusion.max_terminal_alpha_bar is refused naming the value (DDPM's unscaled betas at T = 100 end at
+    alpha-bar 0.36), unless allowed."""
+    config = _toy_config()
+    config.diffusion.num_timesteps = 100
+    s = builders.build_schedule(config)
+    np.testing.assert_allclose(np.asarray(s.betas), np.linspace(1e-3, 0.2, 100), rtol=1e-6)
+    assert float(s.alphas_cumprod[-1]) < 1e-3
+    config.diffusion.beta_start, config.diffusion.beta_end = 1e-4, 0.02
+    with pytest.raises(ValueError, match=r"alpha-bar_\(T-1\) = 0\.36.*max_terminal_alpha_bar"):
+        builders.build_schedule(config)
+    config.diffusion.max_terminal_alpha_bar = 1.0
+    np.testing.assert_allclose(np.asarray(builders.build_schedule(config).betas), np.linspace(1e-4, 0.02, 100),
+                               rtol=1e-6)  # fmt: skip
+    config.diffusion.beta_end = None
+    with pytest.raises(ValueError, match="set both diffusion.beta_start and diffusion.beta_end"):
+        builders.build_schedule(config)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("clip_x0", 0.0, "sampling.clip_x0 must be None .* got 0.0"),
+    ("clip_x0", -1.0, "sampling.clip_x0 must be None .* got -1.0"),
+    ("guidance_w", 1.0, "p_uncond=0.0 its null label was never trained"),
+    ("spacing", "even", "sampling.spacing must be one of"),
+])
+def test_build_sampler_refuses_settings_that_give_bad_samples(field, value, message):
+    config = _toy_config(method="ddim", num_steps=10)
+    config.model.num_classes = 3
+    config.sampling[field] = value
+    model = builders.build_model(config, (2,))
+    with pytest.raises(ValueError, match=message):
+        builders.build_sampler(config, model, builders.build_schedule(config), (2,))

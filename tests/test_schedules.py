@@ -19,7 +19,7 @@ def _tol(precision):
 
 
 def test_dtype_follows_precision(precision):
-    s = schedules.linear(10)
+    s = schedules.linear(10, 1e-4, 0.02)
     want = jnp.float64 if precision == "float64" else jnp.float32
     for table in s:
         assert table.dtype == want
@@ -33,6 +33,66 @@ def test_linear_endpoints(precision):
     # Linear: constant first difference (0.02 - 1e-4) / 999.
     np.testing.assert_allclose(np.diff(np.asarray(s.betas, np.float64)), (0.02 - 1e-4) / 999,
                                rtol=1e-4 if precision == "float32" else 1e-9)
+
+
+@pytest.mark.parametrize("T", [21, 50, 100, 200, 1000, 4000])
+def test_default_betas_are_improved_diffusion_scaled(T):
+    """None endpoints: improved-diffusion's get_named_beta_schedule('linear', T), i.e.
+    linspace(1000/T * 1e-4, 1000/T * 0.02, T); quadratic and sigmoid scale the same endpoints."""
+    with jax.enable_x64(True):
+        scale = 1000.0 / T
+        want = np.linspace(scale * 1e-4, scale * 0.02, T)  # improved-diffusion's formula, verbatim
+        np.testing.assert_allclose(np.asarray(schedules.linear(T).betas), want, rtol=1e-13, atol=0)
+        want_q = np.linspace((scale * 1e-4) ** 0.5, (scale * 0.02) ** 0.5, T) ** 2
+        np.testing.assert_allclose(np.asarray(schedules.quadratic(T).betas), want_q, rtol=1e-13, atol=0)
+        explicit = schedules.sigmoid(T, beta_start=scale * 1e-4, beta_end=scale * 0.02)
+        np.testing.assert_array_equal(np.asarray(schedules.sigmoid(T).betas), np.asarray(explicit.betas))
+
+
+def test_default_betas_unchanged_at_1000_and_explicit_values_used_as_given(x64):
+    for name in ("linear", "quadratic", "sigmoid"):
+        np.testing.assert_array_equal(
+            np.asarray(schedules.get(name, 1000).betas),
+            np.asarray(schedules.get(name, 1000, beta_start=1e-4, beta_end=0.02).betas),
+        )
+    np.testing.assert_allclose(np.asarray(schedules.linear(100, 1e-4, 0.02).betas),
+                               np.linspace(1e-4, 0.02, 100), rtol=1e-13, atol=0)
+    # One endpoint given, the other scaled.
+    np.testing.assert_allclose(np.asarray(schedules.linear(100, beta_start=1e-4).betas),
+                               np.linspace(1e-4, 0.2, 100), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("T,unscaled", [(50, 0.60), (100, 0.36), (200, 0.13)])
+def test_default_linear_destroys_the_signal_at_any_T(T, unscaled):
+    """With the scaled defaults alpha-bar_{T-1} stays below 1e-4 (measured 7.7e-6 / 2.0e-5 / 3.0e-5 at
+    T = 50 / 100 / 200; 4.0e-5 at 1000) and `check_terminal_snr` accepts it; DDPM's unscaled betas
+    (the old default) end at 0.60 / 0.36 / 0.13 and are refused with a message naming T and the value."""
+    s = schedules.linear(T)
+    assert 0 < schedules.terminal_alpha_bar(s) < 1e-4
+    assert schedules.check_terminal_snr(s) == schedules.terminal_alpha_bar(s)
+    old = schedules.linear(T, 1e-4, 0.02)
+    assert abs(schedules.terminal_alpha_bar(old) - unscaled) < 0.01
+    with pytest.raises(ValueError, match=rf"T={T}\b.*= {unscaled:.2f}.*> 0.001.*more timesteps"):
+        schedules.check_terminal_snr(old)
+
+
+def test_check_terminal_snr_bound_and_validation():
+    s = schedules.cosine(1000)  # alpha-bar_{T-1} = 2.4e-9 (test_terminal_alpha_bar_near_zero)
+    assert schedules.check_terminal_snr(s, max_alpha_bar=1e-8) < 1e-8
+    with pytest.raises(ValueError, match="> 1e-09"):
+        schedules.check_terminal_snr(s, max_alpha_bar=1e-9)
+    with pytest.raises(ValueError, match="max_alpha_bar"):
+        schedules.check_terminal_snr(s, max_alpha_bar=-1.0)
+
+
+@pytest.mark.parametrize("name", ["linear", "quadratic", "sigmoid"])
+def test_scaled_defaults_refused_when_beta_reaches_one(name):
+    # T <= 20: 1000/T * 0.02 >= 1, not a valid beta; the message names T and the fix.
+    with pytest.raises(ValueError, match=r"beta_end scaled by 1000/T is 2.0 >= 1 for T=10.*explicitly"):
+        schedules.get(name, 10)
+    with pytest.raises(ValueError, match=r"is 1.0 >= 1 for T=20"):
+        schedules.get(name, 20)
+    assert schedules.get(name, 10, beta_start=1e-4, beta_end=0.02).num_timesteps == 10
 
 
 def test_quadratic_endpoints_and_sqrt_linear(precision):
@@ -152,6 +212,64 @@ def test_space_timesteps_known_examples():
         schedules.space_timesteps(10, 3, "middle")
     with pytest.raises(ValueError, match="11"):
         schedules.space_timesteps(10, 11)
+
+
+def _improved_diffusion_ddim(T: int, N: int):
+    """improved-diffusion's space_timesteps(T, 'ddimN'): the smallest integer stride i with
+    len(range(0, T, i)) == N, else None (their ValueError)."""
+    for i in range(1, T):
+        if len(range(0, T, i)) == N:
+            return np.arange(0, T, i)
+    return None
+
+
+def test_leading_refuses_strides_of_one():
+    # 600 of 1000 would be 0..599 (stride 1000 // 600 = 1): refused, naming the alternatives.
+    with pytest.raises(ValueError, match=r"600 of T=1000.*0\.\.599.*'linspace'.*'trailing'"):
+        schedules.space_timesteps(1000, 600, "leading")
+    for T, N in [(10, 6), (10, 9), (101, 51), (1000, 999)]:
+        with pytest.raises(ValueError, match="'linspace' or 'trailing'"):
+            schedules.space_timesteps(T, N, "leading")
+    # N = T (every step) and N = T/2 (stride 2) are kept.
+    np.testing.assert_array_equal(schedules.space_timesteps(1000, 1000, "leading"), np.arange(1000))
+    np.testing.assert_array_equal(schedules.space_timesteps(1000, 500, "leading"), np.arange(0, 1000, 2))
+
+
+def test_leading_matches_diffusers_and_improved_diffusion():
+    """Every T <= 150 and every N it accepts (N <= T/2 or N = T): leading = arange(N) * (T // N)
+    (diffusers' 'leading', range(0, T, T // N)[:N]); where N divides T this is improved-diffusion's
+    'ddimN' (an independent reimplementation of its stride search; it refuses N = 1). Non-divisors: improved-diffusion
+    picks a larger stride (e.g. T = 10, N = 3: {0, 4, 8} vs {0, 3, 6}), so only divisors are compared."""
+    compared = 0
+    for T in range(1, 151):
+        for N in range(1, T + 1):
+            if 2 * N > T and N != T:
+                continue
+            got = schedules.space_timesteps(T, N, "leading")
+            np.testing.assert_array_equal(got, np.arange(N) * (T // N))
+            ref = _improved_diffusion_ddim(T, N)
+            if T % N == 0 and ref is not None:  # its loop (strides < T) cannot give N = 1
+                np.testing.assert_array_equal(got, ref)
+                compared += 1
+    assert compared == 630  # every divisor N >= 2 of every T <= 150
+    assert not np.array_equal(schedules.space_timesteps(10, 3), _improved_diffusion_ddim(10, 3))
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_linspace_and_trailing_give_n_distinct_steps_ending_at_T_minus_1(spacing):
+    # Exhaustive over T <= 150 and 1 <= N <= T: N distinct ascending steps in [0, T-1], the last
+    # T - 1 (linspace's first is 0). Before the fix 'trailing' refused e.g. T = 15, N = 13, where
+    # arange(T, 0, -T/N) has N + 1 entries in floating point.
+    for T in range(1, 151):
+        for N in range(1, T + 1):
+            got = schedules.space_timesteps(T, N, spacing)
+            assert got.shape == (N,) and np.all(np.diff(got) > 0) and got[0] >= 0, (T, N, got)
+            assert got[-1] == T - 1 or (spacing == "linspace" and N == 1), (T, N, got)
+            if spacing == "linspace":
+                assert got[0] == 0
+    # round(15 - 15 k / 13) - 1, k = 0..12, reversed (round-half-even at 7.5 -> 8, 2.5 -> 2).
+    np.testing.assert_array_equal(schedules.space_timesteps(15, 13, "trailing"),
+                                  (np.round(15 - np.arange(13) * 15 / 13) - 1)[::-1])
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])

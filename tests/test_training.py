@@ -30,8 +30,8 @@ from diffax.training import (
     replicate,
     shard_batch,
 )
-from diffax import timestep_sampler
-from diffax.training.step import LOSS_HISTORY, PER_EXAMPLE_T, PER_EXAMPLE_VB, _drop_labels
+from diffax import importance_sampling
+from diffax.training.step import LOSS_HISTORY, PER_EXAMPLE_T, PER_EXAMPLE_VB, drop_labels
 
 BATCH = 64
 
@@ -116,9 +116,9 @@ def test_optimizer_is_clip_then_adam_with_warmup(x64):
         (lambda: make_optimizer(warmup_steps=10, decay_steps=5), "decay_steps"),
         (lambda: make_optimizer(grad_clip=-1.0), "grad_clip"),
         (lambda: make_train_step(lambda *a: None, optax.sgd(1.0), ema_decay=1.5), "ema_decay"),
-        (lambda: diffusion_loss_fn(None, schedules.linear(10), loss_type="l1"), "loss_type"),
-        (lambda: diffusion_loss_fn(None, schedules.linear(10), p_uncond=0.1), "needs num_classes"),
-        (lambda: diffusion_loss_fn(None, schedules.linear(10), p_uncond=1.5, num_classes=3), "p_uncond"),
+        (lambda: diffusion_loss_fn(None, schedules.linear(10, 1e-4, 0.02), loss_type="l1"), "loss_type"),
+        (lambda: diffusion_loss_fn(None, schedules.linear(10, 1e-4, 0.02), p_uncond=0.1), "needs num_classes"),
+        (lambda: diffusion_loss_fn(None, schedules.linear(10, 1e-4, 0.02), p_uncond=1.5, num_classes=3), "p_uncond"),
         (lambda: dsm_loss_fn(None, jnp.zeros((2, 2))), "sigmas"),
     ],
 )
@@ -252,7 +252,7 @@ def test_label_dropout_rate():
     """P(label -> null) = p_uncond. n = 20000 draws: sd = sqrt(p(1-p)/n) = 0.0031; 5 sd tolerance
     (false-failure probability < 1e-6; the key is fixed, so the test is deterministic)."""
     y = jnp.zeros(20000, jnp.int32)
-    dropped = _drop_labels(jax.random.PRNGKey(0), y, 0.25, 10)
+    dropped = drop_labels(jax.random.PRNGKey(0), y, 0.25, 10)
     assert set(np.unique(np.asarray(dropped))) == {0, 10}
     assert abs(float(jnp.mean(dropped == 10)) - 0.25) < 5 * math.sqrt(0.25 * 0.75 / 20000)
 
@@ -325,13 +325,13 @@ def _is_setup(num_t=20, batch=16):
     model = MLP(hidden=16, num_layers=1, time_embed_dim=8, learn_sigma=True)
     x = jnp.linspace(-1.0, 1.0, batch).reshape(batch, 1)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros(batch, jnp.int32))["params"]
-    schedule = schedules.linear(num_t)
+    schedule = schedules.linear(num_t, 1e-4, 0.02)
     loss_fn = diffusion_loss_fn(model.apply, schedule, loss_type="hybrid", var_type="learned_range")
     # A warm, strongly skewed history: L_t = (t + 1)^2 / 100 (p_t ∝ (t + 1)^2).
-    hist = timestep_sampler.init_loss_history(num_t)
+    hist = importance_sampling.init_loss_history(num_t)
     for _ in range(10):
         ts = jnp.arange(num_t, dtype=jnp.int32)
-        hist = timestep_sampler.update_loss_history(hist, ts, (ts + 1.0) ** 2 / 100)
+        hist = importance_sampling.update_loss_history(hist, ts, (ts + 1.0) ** 2 / 100)
     return model, x, params, schedule, loss_fn, hist
 
 
@@ -343,7 +343,7 @@ def test_importance_weighted_step_loss_is_unbiased_exactly(x64):
     the tolerance (measured 3%: the untrained MSE part is nearly flat in t, so the bias is modest)."""
     _, x, params, schedule, loss_fn, hist = _is_setup()
     T, B = schedule.num_timesteps, x.shape[0]
-    p = timestep_sampler.timestep_probs(hist)
+    p = importance_sampling.timestep_probs(hist)
     assert float(p[-1] / p[0]) > 100  # skewed: the test is not trivially uniform
 
     @jax.jit
@@ -376,11 +376,11 @@ def test_importance_sampling_train_step_equals_manual_path():
     @jax.jit
     def manual(state):
         key, k_t = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        t, w = timestep_sampler.sample_timesteps(k_t, hist, B)
+        t, w = importance_sampling.sample_timesteps(k_t, hist, B)
         (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, {"x": x, "t": t, "t_weights": w},
                                                                  True)
         updates, _ = tx.update(g, state.opt_state, state.params)
-        return optax.apply_updates(state.params, updates), timestep_sampler.update_loss_history(
+        return optax.apply_updates(state.params, updates), importance_sampling.update_loss_history(
             hist, m[PER_EXAMPLE_T], m[PER_EXAMPLE_VB]), t, loss
 
     want_params, want_hist, t, loss = manual(state)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -20,6 +21,8 @@ __all__ = [
     "TFDS_DATASETS",
     "LOCAL_IDX_DATASETS",
     "MNIST_MD5",
+    "MNIST_SHAPES",
+    "FASHION_MNIST_GZ_MD5",
     "read_idx",
     "write_idx",
     "verify_md5",
@@ -47,6 +50,24 @@ MNIST_MD5: dict[str, str] = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 
+# Shapes of the published files (MNIST and Fashion-MNIST alike). A file with one of these names AND this
+# shape claims to be the published data, so its md5 is checked; others (subsets, test fixtures) are not.
+MNIST_SHAPES: dict[str, tuple[int, ...]] = {
+    "train-images-idx3-ubyte": (60000, 28, 28),
+    "train-labels-idx1-ubyte": (60000,),
+    "t10k-images-idx3-ubyte": (10000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10000,),
+}
+
+# Fashion-MNIST (Xiao et al. 2017) shares MNIST's file names and shapes; its md5s are published for the
+# .gz files as distributed (github.com/zalandoresearch/fashion-mnist, README "Get the Data").
+FASHION_MNIST_GZ_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dims (N, rows, cols)
@@ -57,15 +78,55 @@ def _open(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+def _read_bytes(path: str) -> bytes:
+    """The (decompressed, if ``.gz``) bytes of ``path``; a damaged gzip file is a ValueError naming it."""
+    try:
+        with _open(path) as f:
+            return f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(
+            f"{path}: damaged or truncated gzip file ({type(e).__name__}: {e}); expected a complete "
+            f"gzip-compressed file (check it with `gzip -t`, and copy it again)"
+        ) from e
+
+
+def _idx_stem(path: str) -> str:
+    name = os.path.basename(path)
+    return name[: -len(".gz")] if name.endswith(".gz") else name
+
+
+def _check_published_md5(path: str, raw: bytes, shape: tuple[int, ...]) -> None:
+    """If ``path`` is named and shaped like a published MNIST file, its md5 must be MNIST's or Fashion-MNIST's.
+
+    MNIST: md5 of the decompressed bytes (`MNIST_MD5`); Fashion-MNIST: md5 of the .gz as distributed.
+    """
+    stem = _idx_stem(path)
+    if MNIST_SHAPES.get(stem) != tuple(shape):
+        return
+    digest = hashlib.md5(raw).hexdigest()
+    if digest == MNIST_MD5[stem]:
+        return
+    if path.endswith(".gz"):
+        with open(path, "rb") as f:
+            if hashlib.md5(f.read()).hexdigest() == FASHION_MNIST_GZ_MD5[stem]:
+                return
+    raise ValueError(
+        f"{path}: md5 of the decompressed bytes is {digest}, expected {MNIST_MD5[stem]} (the published MNIST "
+        f"{stem}; a Fashion-MNIST .gz as distributed has md5 {FASHION_MNIST_GZ_MD5[stem]}). The file is damaged "
+        f"or not the published data: copy it again"
+    )
+
+
 def read_idx(path: str, *, expected_magic: int | None = None) -> np.ndarray:
     """Read an IDX file (optionally gzipped, by the ``.gz`` suffix) into a native-endian array.
 
     Format: a 4-byte big-endian magic 0x0000TTDD (TT the type code, DD the number of dimensions),
     DD big-endian uint32 sizes, then the data in C order. ``expected_magic`` (2051 for images,
-    2049 for labels) is checked; a truncated or over-long payload is an error.
+    2049 for labels) is checked; a truncated or over-long payload is an error, and so is a damaged gzip
+    stream. A file named and shaped like a published MNIST file (`MNIST_SHAPES`) must have its published
+    md5 (`MNIST_MD5` of the decompressed bytes, or Fashion-MNIST's `FASHION_MNIST_GZ_MD5` of the .gz).
     """
-    with _open(path) as f:
-        raw = f.read()
+    raw = _read_bytes(path)
     if len(raw) < 4:
         raise ValueError(f"{path}: not an IDX file ({len(raw)} bytes, need a 4-byte magic number)")
     magic = int.from_bytes(raw[:4], "big")
@@ -84,6 +145,7 @@ def read_idx(path: str, *, expected_magic: int | None = None) -> np.ndarray:
         raise ValueError(
             f"{path}: IDX payload has {len(raw) - header} bytes, shape {shape} of {dtype} needs {expected}"
         )
+    _check_published_md5(path, raw, shape)
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -103,8 +165,7 @@ def write_idx(path: str, array: np.ndarray) -> None:
 
 def verify_md5(path: str, expected: str) -> str:
     """md5 of the (decompressed, if ``.gz``) bytes of ``path``; raises ValueError if != ``expected``."""
-    with _open(path) as f:
-        digest = hashlib.md5(f.read()).hexdigest()
+    digest = hashlib.md5(_read_bytes(path)).hexdigest()
     if digest != expected:
         raise ValueError(f"{path}: md5 of the decompressed bytes is {digest}, expected {expected}")
     return digest
@@ -163,14 +224,62 @@ def load_idx_split(directory: str, split: str = "train", *, num_classes: int = 1
     return images[..., None], labels.astype(np.int32)
 
 
+NPZ_EXPECTED = (
+    "expected an .npz written by numpy.savez or numpy.savez_compressed (a zip archive of .npy arrays) with key "
+    "'images' (uint8, (N, H, W, C) or (N, H, W)) and optionally 'labels' (N,) ints"
+)
+_NPZ_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+
+
+def _check_is_zip(path: str) -> None:
+    """ValueError naming ``path`` unless it is a zip archive (an .npz); says if it is a bare .npy instead."""
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(6)
+    what = "a single .npy array, not an .npz archive" if head == b"\x93NUMPY" else "not a zip archive (truncated?)"
+    raise ValueError(f"{path}: not an .npz file ({what}); {NPZ_EXPECTED}")
+
+
+def _npz_error(path: str, e: BaseException) -> ValueError:
+    detail = " ".join(str(e).split())[:200]
+    return ValueError(f"{path}: damaged or unreadable .npz ({type(e).__name__}: {detail}); {NPZ_EXPECTED}")
+
+
 def _npy_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of array ``key`` in an .npz without reading its data."""
-    with zipfile.ZipFile(path) as z:
-        with z.open(key + ".npy") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
+    _check_is_zip(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if key + ".npy" not in names:
+                keys = [n[: -len(".npy")] for n in names if n.endswith(".npy")]
+                raise KeyError(f"no key {key!r} (keys: {keys})")
+            with z.open(key + ".npy") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+    except KeyError as e:
+        raise ValueError(f"{path}: {e.args[0]}; {NPZ_EXPECTED}") from e
+    except _NPZ_READ_ERRORS as e:
+        raise _npz_error(path, e) from e
     return shape, dtype
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) of an .npz; ValueError naming the file if it is not a readable .npz with 'images'."""
+    _check_is_zip(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = list(z.files)
+            if "images" in files:
+                images = z["images"]
+                labels = z["labels"] if "labels" in files else None
+    except _NPZ_READ_ERRORS as e:
+        raise _npz_error(path, e) from e
+    if "images" not in files:
+        raise ValueError(f"{path}: no key 'images' (keys: {files}); {NPZ_EXPECTED}")
+    return images, labels
 
 
 def _check_npz_path(path: str | None) -> str:
@@ -196,11 +305,7 @@ def load_npz(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarray | 
     base, sl = parse_split(split)
     if base != "train":
         raise ValueError(f"bad split {split!r} for an .npz source: it holds one split, 'train' (optionally sliced)")
-    with np.load(path, allow_pickle=False) as z:
-        if "images" not in z.files:
-            raise ValueError(f"{path}: no key 'images' (keys: {z.files})")
-        images = z["images"]
-        labels = z["labels"] if "labels" in z.files else None
+    images, labels = _read_npz(path)
     if images.dtype != np.uint8:
         raise ValueError(f"{path}: 'images' must be uint8 (0..255), got {images.dtype}")
     if images.ndim == 3:

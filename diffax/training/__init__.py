@@ -6,8 +6,13 @@
   sharding     `make_mesh`, `shard_batch`, `replicate`, `jit_train_step` (jit over a 'data' mesh)
   distributed  `initialize` (``jax.distributed.initialize`` from flags, env, or SLURM/TPU)
 
-The loop, builders and checkpointing live in `diffax.training.loop`, `diffax.training.builders` and
-`diffax.checkpoint`; import them directly.
+The run layer (import these modules directly; they pull in data and checkpoint code):
+  presets      `base_config` (every key), model presets, `load_config('configs/x.py:variant')`
+  builders     `build(config) -> Experiment` (the only reader of a config) and its parts `build_*`
+  train        `train_and_evaluate(experiment, workdir)`: the loop, NaN guard, checkpoints, workdir lock
+  evaluate     `sample`, `evaluate`, `generate` (sample i depends only on (seed, i))
+  restore      `restore_ema(workdir)`, `load_run`, `read_run_config`, `stream_key`, `check_compatible`
+(`loop` re-exports the old names.)
 """
 
 from diffax.training import distributed, optim, sharding, state, step  # noqa: F401

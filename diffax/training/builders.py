@@ -1,13 +1,17 @@
 """Config -> objects. The ONLY module that reads an `ml_collections.ConfigDict`.
 
-Each builder reads its section of the config, validates it (``ValueError`` naming the bad value and
-what is allowed) and returns a plain object or a pure function; everything downstream takes plain
-arguments. `base_config` is the key set every config in ``configs/`` shares (a contract: configs are
-locked, so an unknown key is an error).
+``build(config) -> Experiment`` turns a whole config into plain objects and pure functions, once;
+the train loop, sampling and evaluation (`diffax.training.train`, `diffax.training.evaluate`) take
+the `Experiment` and never read the config. The single ``build_*`` functions below are its parts
+(public: tests and scripts build one piece at a time). Each validates its section (``ValueError``
+naming the bad value and what is allowed). The key schema, `base_config`, lives in
+`diffax.training.presets` (re-exported here).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -15,16 +19,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from ml_collections import config_dict
 
 from diffax import diffusion, guidance, models, samplers, schedules
 from diffax.schedules import Schedule
 from diffax.training import optim, step
+from diffax.training.presets import base_config, classifier_model_config, mlp_model_config, unet_model_config
 
 __all__ = [
+    "Experiment",
+    "build",
     "base_config",
     "mlp_model_config",
     "unet_model_config",
+    "classifier_model_config",
     "build_schedule",
     "build_model",
     "build_optimizer",
@@ -32,6 +39,7 @@ __all__ = [
     "build_data",
     "build_loss_fn",
     "build_sampler",
+    "per_example_sampler",
     "init_params",
     "per_process_batch_size",
 ]
@@ -39,93 +47,7 @@ __all__ = [
 MODELS = ("mlp", "unet", "classifier")
 SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin")
 OBJECTIVES = ("diffusion", "ncsn", "noisy_classifier")
-
-
-def mlp_model_config() -> ml_collections.ConfigDict:
-    """`diffax.models.MLP`'s fields (learn_sigma is derived from diffusion.var_type)."""
-    return ml_collections.ConfigDict(
-        dict(name="mlp", hidden=128, num_layers=3, time_embed_dim=64, activation="silu", dropout=0.0,
-             num_classes=config_dict.placeholder(int))  # fmt: skip
-    )
-
-
-def unet_model_config() -> ml_collections.ConfigDict:
-    """`diffax.models.UNet`'s fields, DDPM CIFAR-10 defaults (Ho et al. 2020, appendix B)."""
-    return ml_collections.ConfigDict(
-        dict(name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
-             resblock_updown=False, use_scale_shift_norm=False, num_heads=1, num_head_channels=-1,
-             num_groups=32, num_classes=config_dict.placeholder(int))  # fmt: skip
-    )
-
-
-def classifier_model_config() -> ml_collections.ConfigDict:
-    """`diffax.models.Classifier`'s fields for a noise-aware classifier f(y | x_t, t) (classifier guidance,
-    Dhariwal & Nichol 2021, sec. 4): time-conditional; ch/ch_mult/num_res_blocks for images, hidden /
-    num_layers for vectors."""
-    return ml_collections.ConfigDict(
-        dict(name="classifier", num_classes=10, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, hidden=256, num_layers=2,
-             time_conditional=True, dropout=0.0, num_groups=32)  # fmt: skip
-    )
-
-
-def base_config() -> ml_collections.ConfigDict:
-    """Every key a diffax config has, with defaults (unlocked; the config files lock it).
-
-    seed                       int, the root of every key (init, data order, steps, sampling).
-    data.name                  a toy ('gmm1d', 'gmm2d', 'swiss_roll', 'two_moons', 'checkerboard') or image
-                               data set ('mnist', 'fashion_mnist', 'cifar10', 'celeb_a' via tfds;
-                               'mnist_local' IDX files in data.path; 'npz' file data.path).
-    data.path / data.data_dir  local files / a tfds data_dir.      data.num_train: toy set size / subset.
-    data.random_flip           horizontal flips (images).
-    training.num_steps         total optimizer steps (a resumed run trains up to it).
-    training.batch_size        GLOBAL batch size (split over processes, then over devices).
-    training.checkpoint_every  save every n steps (and at the end); keep_checkpoints: keep the last K.
-    training.log_every         log metrics (TensorBoard + metrics.jsonl) every n steps.
-    training.sample_every      save a sample picture every n steps (0 = off).
-    training.ema_decay         EMA of the parameters (sampling uses the EMA); ema_warmup: decay of update k
-                               min(ema_decay, (1 + k) / (10 + k)) (`optim.ema_decay_at`), so the EMA
-                               forgets the initialisation (without it, 0.999^n of it stays).
-    optim.*                    `diffax.training.optim.make_optimizer` (lr, warmup_steps, grad_clip, ...).
-    model.*                    model.name ('mlp' | 'unet') and that model's fields.
-    diffusion.*                schedule, num_timesteps, mean_type, var_type, loss_type, lambda_vlb, p_uncond,
-                               timestep_sampling ('uniform' | 'importance': t ~ sqrt(E[L_t^2]), Nichol &
-                               Dhariwal 2021 sec. 3.3; needs a loss_type that computes L_t).
-    sampling.*                 method ('ddpm' | 'ddim'), num_steps (None = T), eta, num_samples, clip_x0,
-                               batch_size (0 = all at once), spacing (DDIM's timestep spacing).
-    training.objective         'diffusion' (DDPM family; diffusion.*), 'ncsn' (denoising score matching over
-                               ncsn.num_levels geometric sigmas in [ncsn.sigma_min, ncsn.sigma_max], Song &
-                               Ermon 2019) or 'noisy_classifier' (cross-entropy of f(y | x_t, t) on labelled
-                               data, x_t ~ q(x_t | x_0) with diffusion.*; model.name 'classifier').
-    sampling.langevin_eps, steps_per_level, denoise   method 'annealed_langevin' (ncsn): eps of Algorithm 1.
-    sampling.guidance_w        classifier-free guidance weight w (class-conditional diffusion models; 0 = off).
-    sampling.classifier_workdir, classifier_scale   classifier guidance with the noisy classifier trained
-                               in that workdir, gradient scale gamma (0 = off).
-    eval.num_reference         held-out data points for the toy distances (0 = sampling.num_samples).
-    eval.bpd_num_examples      images: test images scored by the full VLB in bits/dim (0 = off; each costs T
-                               network calls), in batches of eval.bpd_batch_size.
-    eval.classifier_path       images: a `diffax.feature_fid` classifier (.msgpack) for the classifier FID
-                               of the samples against eval.fid_num_reference test images (0 = all).
-    """
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(name="two_moons", path=config_dict.placeholder(str), data_dir=config_dict.placeholder(str),
-                  num_train=config_dict.placeholder(int), random_flip=False)  # fmt: skip
-    c.training = dict(num_steps=1000, batch_size=128, checkpoint_every=500, keep_checkpoints=3, log_every=50,
-                      sample_every=0, ema_decay=0.999, ema_warmup=True)  # fmt: skip
-    c.optim = dict(lr=1e-3, warmup_steps=0, grad_clip=1.0, weight_decay=0.0, decay_steps=config_dict.placeholder(int))
-    c.model = mlp_model_config()
-    c.diffusion = dict(schedule="linear", num_timesteps=1000, mean_type="eps", var_type="fixed_small",
-                       loss_type="simple", lambda_vlb=0.001, p_uncond=0.0, timestep_sampling="uniform")  # fmt: skip
-    c.training.objective = "diffusion"
-    c.ncsn = dict(sigma_max=1.0, sigma_min=0.01, num_levels=10)
-    c.sampling = dict(method="ddpm", num_steps=config_dict.placeholder(int), eta=0.0, num_samples=1000,
-                      clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading",
-                      langevin_eps=2e-5, steps_per_level=100, denoise=True, guidance_w=0.0,
-                      classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0)  # fmt: skip
-    c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
-                  fid_num_reference=0)  # fmt: skip
-    return c
-
+SPACINGS = ("leading", "linspace", "trailing")
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
@@ -140,8 +62,33 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
-    """`schedules.get(diffusion.schedule, diffusion.num_timesteps)`."""
-    return schedules.get(config.diffusion.schedule, _positive_int("diffusion.num_timesteps", config.diffusion.num_timesteps))
+    """`schedules.get(diffusion.schedule, diffusion.num_timesteps, ...)`, refused when x_T is far from N(0, I).
+
+    The linear and quadratic schedules take diffusion.beta_start / beta_end (None: 1e-4 and 0.02 scaled by
+    1000 / T, improved-diffusion's rule). A schedule whose alpha-bar_{T-1} > diffusion.max_terminal_alpha_bar
+    is refused: every sampler starts from x_T ~ N(0, I), which q(x_T | x_0) then is not.
+    """
+    d = config.diffusion
+    T = _positive_int("diffusion.num_timesteps", d.num_timesteps)
+    kwargs = {}
+    if d.beta_start is not None or d.beta_end is not None:
+        if d.schedule not in ("linear", "quadratic", "sigmoid"):
+            raise ValueError(f"diffusion.beta_start / beta_end apply to the 'linear', 'quadratic' and 'sigmoid' schedules, "
+                             f"not {d.schedule!r}; leave them None")
+        if d.beta_start is None or d.beta_end is None:
+            raise ValueError(f"set both diffusion.beta_start and diffusion.beta_end (or neither), got "
+                             f"beta_start={d.beta_start!r}, beta_end={d.beta_end!r}")
+        kwargs = dict(beta_start=float(d.beta_start), beta_end=float(d.beta_end))
+    s = schedules.get(d.schedule, T, **kwargs)
+    limit = float(d.max_terminal_alpha_bar)
+    terminal = float(np.asarray(s.alphas_cumprod)[-1])
+    if not terminal <= limit:
+        raise ValueError(
+            f"diffusion.schedule={d.schedule!r} at num_timesteps={T} ends at alpha-bar_(T-1) = {terminal:.3g} > "
+            f"diffusion.max_terminal_alpha_bar={limit:g}: x_T is not close to N(0, I), where sampling starts. "
+            "Use more timesteps, a larger diffusion.beta_end, or set diffusion.max_terminal_alpha_bar=1.0 to allow it"
+        )
+    return s
 
 
 def _learn_sigma(config: ml_collections.ConfigDict) -> bool:
@@ -276,10 +223,22 @@ def importance_sampling(config: ml_collections.ConfigDict) -> bool:
 def initial_extra(config: ml_collections.ConfigDict) -> dict:
     """The TrainState.extra of step 0: the loss history when importance-sampling t, else {}."""
     if importance_sampling(config):
-        from diffax import timestep_sampler
+        from diffax import importance_sampling as importance_lib
 
-        return {step.LOSS_HISTORY: timestep_sampler.init_loss_history(int(config.diffusion.num_timesteps))}
+        return {step.LOSS_HISTORY: importance_lib.init_loss_history(int(config.diffusion.num_timesteps))}
     return {}
+
+
+SampleBatchFn = Callable[[Any, jax.Array, int], jax.Array]
+
+
+def _check_clip(clip_x0: Any) -> float | None:
+    if clip_x0 is None:
+        return None
+    if isinstance(clip_x0, bool) or not isinstance(clip_x0, (int, float)) or not (0 < clip_x0 < math.inf):
+        raise ValueError(f"sampling.clip_x0 must be None (no clipping) or a finite number > 0, got {clip_x0!r} "
+                         "(clip_x0 <= 0 would map every sample to -1)")  # fmt: skip
+    return float(clip_x0)
 
 
 def build_sampler(
@@ -288,19 +247,50 @@ def build_sampler(
     schedule: Schedule,
     data_shape: tuple[int, ...],
     classifier: tuple[Any, Any] | None = None,
-) -> Callable[[Any, jax.Array, int], jax.Array]:
+) -> SampleBatchFn:
     """``sample_fn(params, key, n) -> (n, *data_shape)`` samples of the model (not jitted; jit it).
 
-    sampling.method 'ddpm' (ancestral; respaced to sampling.num_steps if given, Nichol & Dhariwal 2021
-    sec. 4) or 'ddim' (eta = sampling.eta, Song et al. 2021); clip_x0 as in `diffusion.p_mean_variance`.
-    A class-conditional model (model.num_classes = K) samples the labels i mod K, with classifier-free
-    guidance if sampling.guidance_w != 0 (`diffax.guidance.classifier_free`, null class K).
+    One key for the whole batch (`per_example_sampler` gives each sample its own key instead).
+    sampling.method 'ddpm' (ancestral; respaced to sampling.num_steps with sampling.spacing if given,
+    Nichol & Dhariwal 2021 sec. 4) or 'ddim' (eta = sampling.eta, Song et al. 2021); clip_x0 as in
+    `diffusion.p_mean_variance`. A class-conditional model (model.num_classes = K) samples the labels
+    i mod K, with classifier-free guidance if sampling.guidance_w != 0 (`diffax.guidance.classifier_free`,
+    null class K; the model must have been trained with label dropout, diffusion.p_uncond > 0).
     ``classifier = (module, params)`` of a noise-aware classifier (K classes) with
-    sampling.classifier_scale != 0: classifier guidance toward the labels i mod K
-    (`diffax.guidance.classifier`; Dhariwal & Nichol 2021, Algorithms 1-2).
+    sampling.classifier_scale != 0: classifier guidance toward the labels i mod K, applied to the eps
+    implied by the model's output whatever diffusion.mean_type is (`diffax.guidance.classifier`;
+    Dhariwal & Nichol 2021, Algorithms 1-2).
     'annealed_langevin' (training.objective 'ncsn'): Song & Ermon 2019, Algorithm 1 over `build_sigmas`,
     from x ~ N(0, sigma_1^2 I) (the sigma_1-perturbed data is close to it when sigma_1 is large).
     """
+    sample_labeled, num_labels = _labeled_sampler(config, model, schedule, data_shape, classifier)
+
+    def sample_fn(params, key: jax.Array, n: int) -> jax.Array:
+        y = None if num_labels is None else jnp.arange(n, dtype=jnp.int32) % num_labels
+        return sample_labeled(params, key, n, y)
+
+    return sample_fn
+
+
+def per_example_sampler(sample_labeled: Callable, num_labels: int | None) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """``sample_fn(params, key, indices) -> (len(indices), *data_shape)``: sample i drawn from its own key
+    ``fold_in(key, i)`` for the label ``i mod num_labels``, so it depends on (key, i) only, not on which
+    batch, device or process draws it (the batch is a `jax.vmap` over single-sample runs).
+    ``sample_labeled(params, key, n, y)`` is `Experiment.sampler`'s function."""
+
+    def sample_fn(params, key: jax.Array, indices: jax.Array) -> jax.Array:
+        def one(i):
+            y = None if num_labels is None else (i % num_labels).astype(jnp.int32)[None]
+            return sample_labeled(params, jax.random.fold_in(key, i), 1, y)[0]
+
+        return jax.vmap(one)(jnp.asarray(indices))
+
+    return sample_fn
+
+
+def _labeled_sampler(config, model, schedule, data_shape, classifier):
+    """(sample_labeled(params, key, n, y) -> x, K): the config's sampler for given labels y (n,) or None,
+    and the number of labels K the samples are drawn for (None: unlabeled)."""
     s = config.sampling
     method = _choice("sampling.method", s.method, SAMPLING_METHODS)
     obj = objective(config)
@@ -316,23 +306,30 @@ def build_sampler(
         sigmas = build_sigmas(config)
         steps_per_level = _positive_int("sampling.steps_per_level", s.steps_per_level)
 
-        def langevin_fn(params, key: jax.Array, n: int) -> jax.Array:
-            y = None if num_classes is None else jnp.arange(n, dtype=jnp.int32) % num_classes
+        def langevin_fn(params, key: jax.Array, n: int, y) -> jax.Array:
             k_init, k_run = jax.random.split(key)
             x_init = sigmas[0] * jax.random.normal(k_init, (n,) + data_shape)
             score_fn = step.ncsn_score_fn(model.apply, {"params": params}, y=y)
             return samplers.annealed_langevin(score_fn, sigmas, k_run, x_init, eps=s.langevin_eps,
                                               steps_per_level=steps_per_level, denoise=s.denoise)  # fmt: skip
 
-        return langevin_fn
+        return langevin_fn, num_classes
     T = schedule.num_timesteps
     num_steps = T if s.num_steps is None else _positive_int("sampling.num_steps", s.num_steps)
     if num_steps > T:
         raise ValueError(f"sampling.num_steps must be <= diffusion.num_timesteps={T}, got {num_steps}")
+    spacing = _choice("sampling.spacing", s.spacing, SPACINGS)
+    timesteps = None if num_steps == T else schedules.space_timesteps(T, num_steps, spacing)
     mean_type, var_type = config.diffusion.mean_type, config.diffusion.var_type
+    clip_x0 = _check_clip(s.clip_x0)
     w, scale = float(s.guidance_w), float(s.classifier_scale)
+    if not (math.isfinite(w) and math.isfinite(scale)):
+        raise ValueError(f"sampling.guidance_w and sampling.classifier_scale must be finite, got {w}, {scale}")
     if w != 0 and num_classes is None:
         raise ValueError(f"sampling.guidance_w={w} needs a class-conditional model (model.num_classes), got None")
+    if w != 0 and not config.diffusion.p_uncond > 0:
+        raise ValueError(f"sampling.guidance_w={w} needs a model trained with label dropout (diffusion.p_uncond > 0, "
+                         f"e.g. 0.1): with p_uncond={config.diffusion.p_uncond} its null label was never trained")
     if scale != 0 and classifier is None:
         raise ValueError(f"sampling.classifier_scale={scale} needs a classifier (sampling.classifier_workdir)")
     num_labels = num_classes
@@ -340,8 +337,7 @@ def build_sampler(
         clf_module, clf_params = classifier
         num_labels = clf_module.num_classes
 
-    def sample_fn(params, key: jax.Array, n: int) -> jax.Array:
-        y = None if num_labels is None else jnp.arange(n, dtype=jnp.int32) % num_labels
+    def sample_labeled(params, key: jax.Array, n: int, y) -> jax.Array:
         y_model = y if num_classes is not None else None
 
         def eps_fn(x_t, t, labels):
@@ -358,14 +354,168 @@ def build_sampler(
                 logp = jax.nn.log_softmax(logits, axis=-1)
                 return jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
-            model_fn = guidance.classifier(model_fn, log_prob_fn, schedule, y, scale=scale)
+            model_fn = guidance.classifier(model_fn, log_prob_fn, schedule, y, scale=scale, mean_type=mean_type)
 
         shape = (n,) + data_shape
         if method == "ddpm":
-            timesteps = None if num_steps == T else schedules.space_timesteps(T, num_steps)
             return samplers.ddpm(model_fn, schedule, key, shape, mean_type=mean_type, var_type=var_type,
-                                 clip_x0=s.clip_x0, timesteps=timesteps)  # fmt: skip
-        return samplers.ddim(model_fn, schedule, key, shape, num_steps=num_steps, spacing=s.spacing, eta=s.eta,
-                             mean_type=mean_type, var_type=var_type, clip_x0=s.clip_x0)  # fmt: skip
+                                 clip_x0=clip_x0, timesteps=timesteps)  # fmt: skip
+        return samplers.ddim(model_fn, schedule, key, shape, num_steps=num_steps, spacing=spacing, eta=s.eta,
+                             mean_type=mean_type, var_type=var_type, clip_x0=clip_x0)  # fmt: skip
 
-    return sample_fn
+    return sample_labeled, num_labels
+
+
+# --------------------------------------------------------------------------- the whole experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """training.* as plain values (validated)."""
+
+    num_steps: int
+    batch_size: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    log_every: int
+    sample_every: int
+    ema_decay: float
+    ema_warmup: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+    """sampling.* that the run layer needs beyond the sampler itself."""
+
+    num_samples: int
+    batch_size: int  # chunk size; num_samples when the config says 0
+    guidance_w: float
+    classifier_workdir: str | None
+    classifier_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """eval.* as plain values."""
+
+    num_reference: int
+    bpd_num_examples: int
+    bpd_batch_size: int
+    classifier_path: str | None
+    fid_num_reference: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """data.* plus what follows from it: one example's shape, toy or image, labelled or not."""
+
+    name: str
+    path: str | None
+    data_dir: str | None
+    num_train: int | None
+    random_flip: bool
+    shape: tuple[int, ...]
+    is_toy: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a run needs, built once from a config by `build` (no config object below this).
+
+    ``config`` is the config as a plain dict: the run's record, saved with each checkpoint and
+    compared on resume / sample / eval; nothing reads settings from it.
+    ``sampler(classifier=None)`` returns ``(sample_labeled(params, key, n, y), K)``; ``make_batches(split)``
+    the per-process `diffax.data.Batches`; ``initial_extra`` the TrainState.extra of step 0.
+    """
+
+    config: dict
+    seed: int
+    objective: str
+    data: DataSettings
+    model: Any
+    schedule: Schedule
+    mean_type: str
+    var_type: str
+    num_classes: int | None
+    p_uncond: float
+    loss_fn: step.LossFn
+    optimizer: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    importance_sampling: bool
+    initial_extra: Callable[[], dict]
+    train: TrainSettings
+    sampling: SampleSettings
+    eval: EvalSettings
+    sampler: Callable[..., tuple[Callable, int | None]]
+    make_batches: Callable[[str], Any]
+
+
+def _interval(name: str, value: Any, allow_zero: bool = False) -> int:
+    return _positive_int(name, value, minimum=0 if allow_zero else 1)
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """The `Experiment` of ``config``: data shape, model, schedule, loss, optimizer, samplers, settings.
+
+    Raises ValueError naming the first bad value. Cheap: builds functions, computes nothing heavy
+    (no parameters, no data loading; `Experiment.make_batches` loads data when called).
+    """
+    from diffax import data as data_lib
+
+    d = config.data
+    if d.name not in data_lib.ALL_DATASETS:
+        raise ValueError(f"data.name must be one of {list(data_lib.ALL_DATASETS)}, got {d.name!r}")
+    shape = tuple(int(v) for v in data_lib.data_shape(d.name, path=d.path))
+    obj = objective(config)
+    model = build_model(config, shape)
+    schedule = build_schedule(config)
+    t, s, e = config.training, config.sampling, config.eval
+    num_samples = _positive_int("sampling.num_samples", s.num_samples)
+    chunk = _interval("sampling.batch_size", s.batch_size, allow_zero=True) or num_samples
+    lr = config.optim.lr
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"optim.lr must be a finite number > 0, got {lr!r}")
+    _choice("diffusion.mean_type", config.diffusion.mean_type, diffusion.MEAN_TYPES)
+    imp = importance_sampling(config)
+
+    def sampler(classifier=None):
+        return _labeled_sampler(config, model, schedule, shape, classifier)
+
+    return Experiment(
+        config=config.to_dict(),
+        seed=_interval("seed", config.seed, allow_zero=True),
+        objective=obj,
+        data=DataSettings(d.name, d.path, d.data_dir, d.num_train, bool(d.random_flip), shape,
+                          d.name in data_lib.TOY_DATASETS),  # fmt: skip
+        model=model,
+        schedule=schedule,
+        mean_type=config.diffusion.mean_type,
+        var_type=config.diffusion.var_type,
+        num_classes=config.model.num_classes,
+        p_uncond=float(config.diffusion.p_uncond),
+        loss_fn=build_loss_fn(config, model, schedule),
+        optimizer=build_optimizer(config),
+        lr_schedule=build_lr_schedule(config),
+        importance_sampling=imp,
+        initial_extra=lambda: initial_extra(config),
+        train=TrainSettings(
+            num_steps=_interval("training.num_steps", t.num_steps),
+            batch_size=_interval("training.batch_size", t.batch_size),
+            checkpoint_every=_interval("training.checkpoint_every", t.checkpoint_every),
+            keep_checkpoints=_interval("training.keep_checkpoints", t.keep_checkpoints),
+            log_every=_interval("training.log_every", t.log_every),
+            sample_every=_interval("training.sample_every", t.sample_every, allow_zero=True),
+            ema_decay=float(t.ema_decay),
+            ema_warmup=bool(t.ema_warmup),
+        ),
+        sampling=SampleSettings(num_samples, chunk, float(s.guidance_w), s.classifier_workdir, float(s.classifier_scale)),
+        eval=EvalSettings(
+            num_reference=_interval("eval.num_reference", e.num_reference, allow_zero=True),
+            bpd_num_examples=_interval("eval.bpd_num_examples", e.bpd_num_examples, allow_zero=True),
+            bpd_batch_size=_interval("eval.bpd_batch_size", e.bpd_batch_size),
+            classifier_path=e.classifier_path,
+            fid_num_reference=_interval("eval.fid_num_reference", e.fid_num_reference, allow_zero=True),
+        ),
+        sampler=sampler,
+        make_batches=lambda split="train": build_data(config, split=split),
+    )

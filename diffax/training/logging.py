@@ -3,7 +3,8 @@
 Only process 0 writes (``MetricWriter(workdir, enabled=jax.process_index() == 0)``); on other
 processes every method is a no-op, so the loop calls them unconditionally.
 ``metrics.jsonl`` holds one JSON object per logged step, ``{"step": 100, "loss": 0.41, ...}``,
-appended and flushed at once (a resumed run appends to it).
+appended and flushed at once. A run resumed from step k first drops the rows after k (they belong to
+work that was lost), so the file never holds one step twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["MetricWriter", "read_metrics"]
 class MetricWriter:
     """Writes scalars and images of a run into ``workdir`` (``tensorboard/`` and ``metrics.jsonl``)."""
 
-    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
@@ -28,6 +29,8 @@ class MetricWriter:
             from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
 
             os.makedirs(workdir, exist_ok=True)
+            if resume_step is not None:
+                _drop_rows_after(os.path.join(os.fspath(workdir), "metrics.jsonl"), int(resume_step))
             self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"))
             self._jsonl = open(os.path.join(os.fspath(workdir), "metrics.jsonl"), "a")
 
@@ -57,6 +60,21 @@ class MetricWriter:
             self._tb.close()
             self._jsonl.close()
             self.enabled = False
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    """Rewrites ``path`` (atomically) without the rows whose step is > ``step``."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if int(json.loads(line)["step"]) <= step]
+    if len(keep) == len(lines):
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:

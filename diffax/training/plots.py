@@ -2,7 +2,9 @@
 
 `image_grid` tiles images into one array; `save_samples_figure` picks the picture for the data:
 a grid for images (N, H, W, C), a histogram over the true density or the data for 1-D (N, 1),
-a scatter over the data for 2-D (N, 2). `save_loss_curve` plots metrics.jsonl's loss.
+a scatter over the data for 2-D (N, 2). `save_image_panels` puts image grids side by side, one per
+setting, with titles and row labels (the experiments' comparison pictures). `save_loss_curve`
+plots metrics.jsonl's loss.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["image_grid", "save_image_grid", "save_samples_figure", "save_loss_curve"]
+__all__ = ["image_grid", "save_image_grid", "save_image_panels", "save_samples_figure", "save_loss_curve"]
 
 
 def image_grid(images: np.ndarray, *, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -44,6 +46,55 @@ def save_image_grid(path: str | os.PathLike, images: np.ndarray, *, ncols: int |
     """Writes `image_grid(images)` as a PNG (grey for C = 1)."""
     grid = image_grid(images, ncols=ncols)
     plt.imsave(os.fspath(path), grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+
+
+def save_image_panels(
+    path: str | os.PathLike,
+    panels: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    *,
+    ncols: int | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    panel_width: float = 3.2,
+) -> None:
+    """Writes one figure of image grids side by side: panel j is ``image_grid(panels[j], ncols=ncols)``.
+
+    panels: (N_j, H, W, C) images in [-1, 1] (grey for C = 1). titles: one per panel (or None).
+    row_labels: the labels of the grid rows, drawn on every panel's y-axis (e.g. one row per class,
+    or one row per sampler setting); without them the axes are hidden. title: the figure's title.
+    panel_width: inches per panel (the height follows the grid's aspect ratio).
+    """
+    if not panels:
+        raise ValueError("save_image_panels needs at least one panel, got 0")
+    if titles is not None and len(titles) != len(panels):
+        raise ValueError(f"got {len(titles)} titles for {len(panels)} panels")
+    grids = [image_grid(x, ncols=ncols) for x in panels]
+    num_rows = [(g.shape[0] + 1) // (np.shape(x)[1] + 1) for g, x in zip(grids, panels)]  # rows: H + pad (1)
+    if row_labels is not None and any(n != len(row_labels) for n in num_rows):
+        raise ValueError(f"the panels have {num_rows} rows of images, got {len(row_labels)} row_labels")
+    height = panel_width * max(g.shape[0] / g.shape[1] for g in grids) + 0.6  # + room for titles and labels
+    fig, axes = plt.subplots(1, len(grids), figsize=(panel_width * len(grids), height), squeeze=False)
+    if title and titles is None and len(grids) == 1:  # one panel: its title sits right above it
+        titles, title = [title], None
+    for j, (ax, grid) in enumerate(zip(axes[0], grids)):
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+        if titles is not None:
+            ax.set_title(titles[j], fontsize=8)
+        if row_labels is None:
+            ax.axis("off")
+            continue
+        ax.set_xticks([])
+        h = np.shape(panels[j])[1]
+        ax.set_yticks([i * (h + 1) + (h - 1) / 2 for i in range(num_rows[j])])  # row i's centre (pixel units)
+        ax.set_yticklabels(list(row_labels), fontsize=7)
+    fig.tight_layout()
+    if title:  # right above the panels (with their titles); the saved picture is cropped to what is drawn
+        fig.canvas.draw()
+        top = max(ax.get_tightbbox(fig.canvas.get_renderer()).y1 for ax in axes[0]) / fig.bbox.height
+        fig.suptitle(title, fontsize=9, y=top + 0.01, va="bottom")
+    fig.savefig(os.fspath(path), dpi=150, bbox_inches="tight", pad_inches=0.05)
+    plt.close(fig)
 
 
 def save_samples_figure(

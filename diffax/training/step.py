@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffax import diffusion, losses, timestep_sampler
+from diffax import diffusion, losses
+from diffax import importance_sampling as importance_lib
+from diffax._util import check_choice
 from diffax.diffusion import MEAN_TYPES, VAR_TYPES
 from diffax.schedules import Schedule
 from diffax.training.optim import ema_decay_at, ema_update
@@ -39,18 +41,16 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
-
-
-def _drop_labels(key: Array, y: Array, p_uncond: float, null_class: int) -> Array:
+def drop_labels(key: Array, y: Array, p_uncond: float, null_class: int) -> Array:
     """Each label replaced by the null class `null_class` with probability `p_uncond` (independently).
 
     Classifier-free guidance training (Ho & Salimans 2022, alg. 1).
     """
     drop = jax.random.bernoulli(key, p_uncond, y.shape)
     return jnp.where(drop, jnp.asarray(null_class, y.dtype), y)
+
+
+_drop_labels = drop_labels  # the earlier private name
 
 
 def diffusion_loss_fn(
@@ -84,9 +84,9 @@ def diffusion_loss_fn(
     per-example L_t and t under `PER_EXAMPLE_VB` / `PER_EXAMPLE_T` (consumed by `make_train_step`,
     which removes them from the metrics it returns).
     """
-    _check_choice("loss_type", loss_type, losses.LOSS_TYPES)
-    _check_choice("mean_type", mean_type, MEAN_TYPES)
-    _check_choice("var_type", var_type, VAR_TYPES)
+    check_choice("loss_type", loss_type, losses.LOSS_TYPES)
+    check_choice("mean_type", mean_type, MEAN_TYPES)
+    check_choice("var_type", var_type, VAR_TYPES)
     if not (isinstance(p_uncond, (int, float)) and 0.0 <= p_uncond <= 1.0):
         raise ValueError(f"p_uncond must be a number in [0, 1], got {p_uncond!r}")
     bad_classes = isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
@@ -100,7 +100,7 @@ def diffusion_loss_fn(
         x0 = batch["x"]
         y = batch.get("y") if num_classes is not None else None
         if y is not None and train and p_uncond > 0:
-            y = _drop_labels(k_label, y, p_uncond, num_classes)
+            y = drop_labels(k_label, y, p_uncond, num_classes)
 
         def model_fn(x_t: Array, t: Array) -> Array:
             return apply_fn({"params": params}, x_t, t, y=y, train=train, rngs={"dropout": k_dropout})
@@ -215,7 +215,7 @@ def make_train_step(
     No jit here: compile with `diffax.training.sharding.jit_train_step` (or `jax.jit`).
 
     ``importance_sampling=True`` (Nichol & Dhariwal 2021, sec. 3.3): the state must carry
-    ``extra['loss_history']`` (`diffax.timestep_sampler.init_loss_history`). Each step then splits
+    ``extra['loss_history']`` (`diffax.importance_sampling.init_loss_history`). Each step then splits
     the step key into (loss key, t key), draws ``t, w = sample_timesteps(t_key, history, B)``
     (uniform until every t has 10 values, then p_t ∝ sqrt(E[L_t^2]) mixed with `uniform_prob`), passes
     them to `loss_fn` as ``batch['t']``, ``batch['t_weights']`` and appends the per-example L_t the
@@ -233,11 +233,11 @@ def make_train_step(
             if LOSS_HISTORY not in extra:
                 raise ValueError(
                     f"importance_sampling=True needs state.extra[{LOSS_HISTORY!r}] "
-                    f"(diffax.timestep_sampler.init_loss_history(T)); state.extra has keys {sorted(extra)}"
+                    f"(diffax.importance_sampling.init_loss_history(T)); state.extra has keys {sorted(extra)}"
                 )
             key, k_t = jax.random.split(key)
             history = extra[LOSS_HISTORY]
-            t, w = timestep_sampler.sample_timesteps(k_t, history, batch["x"].shape[0], uniform_prob=uniform_prob)
+            t, w = importance_lib.sample_timesteps(k_t, history, batch["x"].shape[0], uniform_prob=uniform_prob)
             batch = dict(batch, t=t, t_weights=w)
         (loss, metrics), grads = grad_fn(state.params, key, batch, True)
         metrics = dict(metrics)
@@ -248,7 +248,7 @@ def make_train_step(
                     "importance_sampling=True needs a loss that reports per-example L_t (diffusion_loss_fn "
                     "with loss_type in ('vlb', 'rescaled_vlb', 'hybrid', 'rescaled_mse'), not 'simple')"
                 )
-            extra = dict(extra, **{LOSS_HISTORY: timestep_sampler.update_loss_history(history, per_example_t,
+            extra = dict(extra, **{LOSS_HISTORY: importance_lib.update_loss_history(history, per_example_t,
                                                                                        per_example_vb)})
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

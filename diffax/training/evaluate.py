@@ -1,0 +1,161 @@
+"""Sampling and evaluation of a trained run: ``sample(exp, workdir)``, ``evaluate(exp, workdir)``.
+
+Workdir files written here::
+
+    samples.npy   raw samples (N, ...) of the EMA parameters      samples.png   their picture
+    eval.json     toy data: distances to held-out data, mode weights (`diffax.evaluation.toys`);
+                  images: sample statistics, test bits/dim, classifier FID (`diffax.evaluation.images`);
+                  a noise-aware classifier: its accuracy at several t
+
+Sample i depends only on (seed, i): its noise comes from ``fold_in(key, i)`` and its label is i mod K
+(`builders.per_example_sampler`), so the chunk size (sampling.batch_size) does not change the samples,
+and evaluation knows every sample's label from its index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffax import data as data_lib
+from diffax.evaluation import toys
+from diffax.training import builders, plots, sampling
+from diffax.training.restore import (check_compatible, latest_step, restore_ema, restore_params, saved_config,
+                                    stream_key)
+from diffax.training.evaluate_images import classifier_eval, image_eval_metrics, image_metrics, sample_labels
+from diffax.training.train import all_finite, is_main_process
+
+__all__ = ["generate", "sample", "evaluate", "classifier_eval", "image_metrics", "sample_labels"]
+
+PARTS_DIR = "samples"  # finished chunks of a sampling run: samples/part-<j>.npz
+NPY_MAX_IMAGES = 10_000  # samples.npy (float) is also written for toys and up to this many images
+# Seeds of the toy data sets used by `evaluate` (offsets of the seed, far from the training set's).
+HELDOUT_SEED_OFFSET, BASELINE_SEED_OFFSET = 1_000_003, 2_000_003
+
+
+def _as_experiment(exp_or_config) -> builders.Experiment:
+    return builders.build(exp_or_config) if isinstance(exp_or_config, ml_collections.ConfigDict) else exp_or_config
+
+
+def guidance_classifier(exp: builders.Experiment) -> tuple[Any, Any] | None:
+    """(module, ema_params) of sampling.classifier_workdir when sampling.classifier_scale != 0, else None."""
+    s = exp.sampling
+    if not s.classifier_scale:
+        return None
+    if not s.classifier_workdir:
+        raise ValueError(f"sampling.classifier_scale={s.classifier_scale} needs sampling.classifier_workdir (the "
+                         "workdir of a training.objective='noisy_classifier' run), got None")  # fmt: skip
+    run = restore_ema(s.classifier_workdir)
+    if run.experiment.objective != "noisy_classifier":
+        raise ValueError(f"{s.classifier_workdir} holds a {run.experiment.objective!r} run, not a "
+                         "'noisy_classifier' one")  # fmt: skip
+    return run.experiment.model, run.params
+
+
+def generate(exp_or_config, workdir: str) -> tuple[np.ndarray, int]:
+    """(sampling.num_samples samples of the newest intact checkpoint's EMA parameters, its step), drawn in
+    chunks of sampling.batch_size over every device and process (`sampling.draw_samples`); finished chunks
+    are kept in ``workdir/samples/`` and reused by a restarted or repeated call with the same settings.
+    Raises FloatingPointError on non-finite parameters or samples (nothing is written then)."""
+    exp = _as_experiment(exp_or_config)
+    run = restore_params(exp, workdir)
+    if not bool(all_finite(run.params)):
+        raise FloatingPointError(f"the EMA parameters of checkpoint {run.step} in {workdir} are not finite")
+    sample_labeled, num_labels = exp.sampler(guidance_classifier(exp))
+    n, chunk = exp.sampling.num_samples, exp.sampling.batch_size
+    c = exp.config
+    fp = sampling.fingerprint(c["seed"], c["model"], c["diffusion"], c["ncsn"], c["sampling"], c["data"]["name"],
+                              run.step, n, chunk)  # fmt: skip
+    x = sampling.draw_samples(builders.per_example_sampler(sample_labeled, num_labels), run.params,
+                              stream_key(exp.seed, "sample"), n, chunk, parts_dir=os.path.join(workdir, PARTS_DIR),
+                              fp=fp, progress=is_main_process())  # fmt: skip
+    if not np.all(np.isfinite(x)):
+        raise FloatingPointError(f"{int(np.sum(~np.isfinite(x)))} non-finite values in the samples of checkpoint "
+                                 f"{run.step} (not written)")  # fmt: skip
+    return x, run.step
+
+
+def checked_latest_step(exp: builders.Experiment, workdir: str) -> int:
+    """The latest checkpoint step of the run in ``workdir``, after `check_compatible` for 'eval'."""
+    saved = saved_config(workdir)
+    if saved is not None:
+        check_compatible(saved, exp.config, purpose="eval")
+    step = latest_step(workdir)
+    if step is None:
+        raise FileNotFoundError(f"no finalized checkpoint in {workdir}; train first (--mode=train)")
+    return step
+
+
+def _reference_data(exp: builders.Experiment, n: int, seed_offset: int) -> np.ndarray | None:
+    """n fresh points of a toy data set (None for image data)."""
+    if not exp.data.is_toy:
+        return None
+    return data_lib.toy(exp.data.name, n, seed=exp.seed + seed_offset)[0]
+
+
+def sample(exp_or_config, workdir: str) -> np.ndarray:
+    """Writes ``samples.npz`` (key 'samples': float32 for toy data, uint8 images; 'labels' (i mod K) for
+    labelled samples), ``samples.npy`` (float, for toys and up to `NPY_MAX_IMAGES` images) and
+    ``samples.png`` from the newest intact checkpoint's EMA params.
+
+    The picture: an image grid, a 1-D histogram over the true density (mixtures) or the data, or
+    a 2-D scatter over the data. Returns the samples.
+    """
+    exp = _as_experiment(exp_or_config)
+    x, step = generate(exp, workdir)
+    if is_main_process():
+        labels = sample_labels(exp)
+        arrays = {"samples": x.astype(np.float32) if exp.data.is_toy else sampling.to_uint8(x)}
+        if labels is not None:
+            arrays["labels"] = labels.astype(np.int32)
+        np.savez(os.path.join(workdir, "samples.npz"), **arrays)
+        if exp.data.is_toy or len(x) <= NPY_MAX_IMAGES:
+            np.save(os.path.join(workdir, "samples.npy"), x)
+        density = None
+        mix = data_lib.toy_mixture(exp.data.name) if exp.data.is_toy else None
+        if mix is not None and x.shape[1] == 1:
+            density = lambda g: np.exp(np.asarray(mix.log_prob(jnp.asarray(g, jnp.float32)[:, None])))  # noqa: E731
+        ref = _reference_data(exp, min(len(x), 5000), HELDOUT_SEED_OFFSET)
+        plots.save_samples_figure(os.path.join(workdir, "samples.png"), x, data=ref, density=density,
+                                  title=f"{exp.data.name}: {len(x)} samples, step {step}")  # fmt: skip
+    return x
+
+
+def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) -> dict[str, Any]:
+    """Writes ``workdir/eval.json`` and returns it.
+
+    Toy data: `toys.toy_metrics` between the samples (``samples``, or fresh ones from the latest
+    checkpoint) and ``eval.num_reference`` held-out points (default: as many as the samples),
+    beside the data-vs-held-out baseline; for labelled samples (i mod K) of a mixture, label_accuracy.
+    Images: `image_metrics` and `image_eval_metrics`. A noisy classifier: `classifier_eval`.
+    """
+    exp = _as_experiment(exp_or_config)
+    if exp.objective == "noisy_classifier":
+        return _write_eval(workdir, classifier_eval(exp, workdir, HELDOUT_SEED_OFFSET))
+    if samples is None:
+        samples, step = generate(exp, workdir)
+    else:
+        step = checked_latest_step(exp, workdir)
+    samples = np.asarray(samples, np.float64)
+    if exp.data.is_toy:
+        heldout = _reference_data(exp, exp.eval.num_reference or len(samples), HELDOUT_SEED_OFFSET)
+        baseline = _reference_data(exp, len(samples), BASELINE_SEED_OFFSET)
+        labels = sample_labels(exp)
+        result = toys.toy_metrics(samples, heldout, baseline, mixture=data_lib.toy_mixture(exp.data.name),
+                                  labels=None if labels is None else labels[: len(samples)])  # fmt: skip
+    else:
+        result = image_metrics(samples)
+        result.update(image_eval_metrics(exp, workdir, samples))
+    return _write_eval(workdir, {"data": exp.data.name, "checkpoint_step": step, **result})
+
+
+def _write_eval(workdir: str, result: dict[str, Any]) -> dict[str, Any]:
+    if is_main_process():
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return result

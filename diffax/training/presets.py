@@ -1,0 +1,141 @@
+"""The config schema and model presets that every config in ``configs/`` starts from, and the loader
+of config files with variants (``configs/mnist.py:small,conditional``).
+
+``base_config()`` lists every key a diffax config has (a contract: the config files lock it, so a
+misspelled key is an error). The presets return a ``model`` section for each network. A config file
+is plain Python with ``get_config(arg=None)``; `load_config` imports one by path, as
+``--config=FILE[:ARG]`` does on the command line (big_vision's convention).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+__all__ = ["base_config", "mlp_model_config", "unet_model_config", "classifier_model_config", "load_config",
+           "parse_variants"]  # fmt: skip
+
+
+def mlp_model_config() -> ml_collections.ConfigDict:
+    """`diffax.models.MLP`'s fields (learn_sigma is derived from diffusion.var_type)."""
+    return ml_collections.ConfigDict(
+        dict(name="mlp", hidden=128, num_layers=3, time_embed_dim=64, activation="silu", dropout=0.0,
+             num_classes=config_dict.placeholder(int))  # fmt: skip
+    )
+
+
+def unet_model_config() -> ml_collections.ConfigDict:
+    """`diffax.models.UNet`'s fields, DDPM CIFAR-10 defaults (Ho et al. 2020, appendix B)."""
+    return ml_collections.ConfigDict(
+        dict(name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+             resblock_updown=False, use_scale_shift_norm=False, num_heads=1, num_head_channels=-1,
+             num_groups=32, num_classes=config_dict.placeholder(int))  # fmt: skip
+    )
+
+
+def classifier_model_config() -> ml_collections.ConfigDict:
+    """`diffax.models.Classifier`'s fields for a noise-aware classifier f(y | x_t, t) (classifier guidance,
+    Dhariwal & Nichol 2021, sec. 4): time-conditional; ch/ch_mult/num_res_blocks for images, hidden /
+    num_layers for vectors."""
+    return ml_collections.ConfigDict(
+        dict(name="classifier", num_classes=10, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, hidden=256, num_layers=2,
+             time_conditional=True, dropout=0.0, num_groups=32)  # fmt: skip
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a diffax config has, with defaults (unlocked; the config files lock it).
+
+    seed                       int, the root of every key (init, data order, steps, sampling).
+    data.name                  a toy ('gmm1d', 'gmm2d', 'swiss_roll', 'two_moons', 'checkerboard') or image
+                               data set ('mnist', 'fashion_mnist', 'cifar10', 'celeb_a' via tfds;
+                               'mnist_local' IDX files in data.path; 'npz' file data.path).
+    data.path / data.data_dir  local files / a tfds data_dir.      data.num_train: toy set size / subset.
+    data.random_flip           horizontal flips (images).
+    training.num_steps         total optimizer steps (a resumed run trains up to it).
+    training.batch_size        GLOBAL batch size (split over processes, then over devices).
+    training.checkpoint_every  save every n steps (and at the end); keep_checkpoints: keep the last K.
+    training.log_every         log metrics (TensorBoard + metrics.jsonl) every n steps.
+    training.sample_every      save a sample picture every n steps (0 = off).
+    training.ema_decay         EMA of the parameters (sampling uses the EMA); ema_warmup: decay of update k
+                               min(ema_decay, (1 + k) / (10 + k)) (`optim.ema_decay_at`), so the EMA
+                               forgets the initialisation (without it, 0.999^n of it stays).
+    training.objective         'diffusion' (DDPM family; diffusion.*), 'ncsn' (denoising score matching over
+                               ncsn.num_levels geometric sigmas in [ncsn.sigma_min, ncsn.sigma_max], Song &
+                               Ermon 2019) or 'noisy_classifier' (cross-entropy of f(y | x_t, t) on labelled
+                               data, x_t ~ q(x_t | x_0) with diffusion.*; model.name 'classifier').
+    optim.*                    `diffax.training.optim.make_optimizer` (lr, warmup_steps, grad_clip, ...).
+    model.*                    model.name ('mlp' | 'unet' | 'classifier') and that model's fields.
+    diffusion.schedule, num_timesteps   the beta schedule and T.
+    diffusion.beta_start, beta_end      linear / quadratic schedules: None = 1e-4 and 0.02 scaled by 1000 / T
+                               (improved-diffusion's rule, so x_T is close to N(0, I) at any T); set both
+                               to use fixed values.
+    diffusion.max_terminal_alpha_bar    refuse a schedule whose alpha-bar_{T-1} exceeds this (x_T would not
+                               be close to the N(0, I) the samplers start from); 1.0 allows any.
+    diffusion.mean_type, var_type, loss_type, lambda_vlb, p_uncond, timestep_sampling ('uniform' |
+                               'importance': t ~ sqrt(E[L_t^2]), Nichol & Dhariwal 2021 sec. 3.3; needs a
+                               loss_type that computes L_t).
+    sampling.method            'ddpm' | 'ddim' | 'annealed_langevin' (ncsn); num_steps (None = T; respaced
+                               with sampling.spacing: 'leading' | 'linspace' | 'trailing'), eta (DDIM),
+                               clip_x0 (> 0 or None).
+    sampling.num_samples, batch_size   N samples, drawn in chunks of batch_size (0 = all at once). Sample i
+                               depends only on (seed, i): its noise comes from fold_in(key, i) and its
+                               label is i mod K, so any chunk size gives the same samples.
+    sampling.langevin_eps, steps_per_level, denoise   method 'annealed_langevin' (ncsn): eps of Algorithm 1.
+    sampling.guidance_w        classifier-free guidance weight w (class-conditional models trained with
+                               diffusion.p_uncond > 0; 0 = off, -1 = unconditional, < -1 guides away from
+                               the class).
+    sampling.classifier_workdir, classifier_scale   classifier guidance with the noisy classifier trained
+                               in that workdir, gradient scale gamma (0 = off).
+    eval.num_reference         held-out data points for the toy distances (0 = sampling.num_samples).
+    eval.bpd_num_examples      images: test images scored by the full VLB in bits/dim (0 = off; each costs T
+                               network calls), in batches of eval.bpd_batch_size.
+    eval.classifier_path       images: a classifier (.msgpack, `diffax.evaluation.classifier_features`) for the
+                               classifier FID of the samples against eval.fid_num_reference test images (0 = all).
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(name="two_moons", path=config_dict.placeholder(str), data_dir=config_dict.placeholder(str),
+                  num_train=config_dict.placeholder(int), random_flip=False)  # fmt: skip
+    c.training = dict(num_steps=1000, batch_size=128, checkpoint_every=500, keep_checkpoints=3, log_every=50,
+                      sample_every=0, ema_decay=0.999, ema_warmup=True, objective="diffusion")  # fmt: skip
+    c.optim = dict(lr=1e-3, warmup_steps=0, grad_clip=1.0, weight_decay=0.0, decay_steps=config_dict.placeholder(int))
+    c.model = mlp_model_config()
+    c.diffusion = dict(schedule="linear", num_timesteps=1000, beta_start=config_dict.placeholder(float),
+                       beta_end=config_dict.placeholder(float), max_terminal_alpha_bar=1e-3, mean_type="eps",
+                       var_type="fixed_small", loss_type="simple", lambda_vlb=0.001, p_uncond=0.0,
+                       timestep_sampling="uniform")  # fmt: skip
+    c.ncsn = dict(sigma_max=1.0, sigma_min=0.01, num_levels=10)
+    c.sampling = dict(method="ddpm", num_steps=config_dict.placeholder(int), eta=0.0, num_samples=1000,
+                      clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading",
+                      langevin_eps=2e-5, steps_per_level=100, denoise=True, guidance_w=0.0,
+                      classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0)  # fmt: skip
+    c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
+                  fid_num_reference=0)  # fmt: skip
+    return c
+
+
+def parse_variants(arg: str | None, allowed: tuple[str, ...], *, config_name: str) -> list[str]:
+    """'small,conditional' -> ['small', 'conditional']; raises ValueError naming an unknown variant."""
+    variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
+    bad = [v for v in variants if v not in allowed]
+    if bad:
+        raise ValueError(f"{config_name}: unknown variant(s) {bad}; allowed: {list(allowed)} (comma-separated)")
+    return variants
+
+
+def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config of ``'path/to/config.py[:arg]'``: imports the file and calls ``get_config(arg)`` (or
+    ``get_config()`` without an arg), exactly as ``--config=path/to/config.py:arg`` does."""
+    spec = os.fspath(spec)
+    path, _, arg = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    name = "diffax_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

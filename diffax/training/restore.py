@@ -1,0 +1,199 @@
+"""A run's state on disk: the streams of randomness, the step-0 state, and restoring a saved run.
+
+    run = restore_ema("runs/mnist")              # the run's own config, its EMA parameters, the step
+    x = run.experiment.model.apply({"params": run.params}, x_t, t, train=False)
+
+Streams: every key derives from the config's seed as ``fold_in(PRNGKey(seed), stream)``, one stream
+per purpose (`STREAMS`), so no key is used for two things.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+
+from diffax.checkpoint import Checkpointer
+from diffax.training import builders, optim, presets, sharding
+from diffax.training.state import TrainState, create_train_state
+
+__all__ = ["CHECKPOINT_DIR", "STREAMS", "stream_key", "abstract_state", "initial_state", "Run", "restore_ema",
+           "restore_params", "load_run", "read_run_config", "saved_config", "check_compatible", "latest_step"]  # fmt: skip
+
+CHECKPOINT_DIR = "checkpoints"
+# Streams of randomness derived from the seed (never the same key for two purposes).
+STREAMS = {"init": 0, "state": 1, "sample": 2, "train_sample": 3, "eval": 4}
+
+
+def stream_key(seed: int, stream: str) -> jax.Array:
+    """``fold_in(PRNGKey(seed), STREAMS[stream])``: the key of one purpose ('init' parameters, 'state' (the
+    TrainState's rng, folded with the step), 'sample', 'train_sample' (pictures during training), 'eval')."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream {stream!r}; allowed: {sorted(STREAMS)}")
+    return jax.random.fold_in(jax.random.PRNGKey(seed), STREAMS[stream])
+
+
+def _init_fn(exp: builders.Experiment):
+    def init() -> TrainState:
+        params = builders.init_params(exp.model, stream_key(exp.seed, "init"), exp.data.shape)
+        return create_train_state(params=params, tx=exp.optimizer, rng=stream_key(exp.seed, "state"),
+                                  extra=exp.initial_extra())  # fmt: skip
+
+    return init
+
+
+def abstract_state(exp: builders.Experiment, mesh) -> TrainState:
+    """The TrainState's shapes/dtypes (no computation), replicated over `mesh`: a restore target."""
+    rep = sharding.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), jax.eval_shape(_init_fn(exp)))
+
+
+def initial_state(exp: builders.Experiment, mesh) -> TrainState:
+    """The step-0 TrainState, built in ONE compiled program and placed replicated over `mesh`."""
+    return jax.jit(_init_fn(exp), out_shardings=sharding.replicated(mesh))()
+
+
+def initial_params(exp: builders.Experiment) -> Any:
+    """The step-0 parameters (as `initial_state` makes them)."""
+    return jax.jit(lambda: builders.init_params(exp.model, stream_key(exp.seed, "init"), exp.data.shape))()
+
+
+class Run(NamedTuple):
+    """A restored run: its `Experiment` (from the given or the saved config), parameters and step."""
+
+    experiment: builders.Experiment
+    params: Any
+    step: int
+
+
+def _checkpoint_dir(workdir: str) -> str:
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint directory {directory}; train first (--mode=train)")
+    return directory
+
+
+def latest_step(workdir: str) -> int | None:
+    """The newest finalized checkpoint step in ``workdir`` (None if there is none)."""
+    with Checkpointer(_checkpoint_dir(workdir), max_to_keep=1) as ckpt:
+        return ckpt.latest_step()
+
+
+def restore_params(exp: builders.Experiment, workdir: str, *, debias: bool = False, purpose: str = "sample",
+                   check: bool = True) -> Run:  # fmt: skip
+    """The EMA parameters of the newest intact checkpoint in ``workdir`` (a damaged newer one is reported and
+    skipped, its files left as they are), restored for ``exp``, after `check_compatible` of ``exp``'s
+    config with the run's saved one (``check=False`` skips it).
+
+    ``debias``: for runs trained without the EMA warm-up (training.ema_warmup=False), remove the
+    initialisation's share d^n theta_0 exactly (`diffax.training.optim.debias_ema`).
+    """
+    mesh = sharding.make_mesh()
+    with Checkpointer(_checkpoint_dir(workdir), max_to_keep=exp.train.keep_checkpoints) as ckpt:
+        saved = ckpt.read_config()
+        if saved is not None and check:
+            check_compatible(saved, exp.config, purpose=purpose)
+        restored = ckpt.restore_latest_intact(abstract_state(exp, mesh), quarantine=False)
+        if restored is None:
+            raise FileNotFoundError(f"no finalized checkpoint in {ckpt.directory}; train first (--mode=train)")
+        state, _, step = restored
+    params = state.ema_params
+    if debias:
+        params = optim.debias_ema(params, initial_params(exp), exp.train.ema_decay, step)
+    return Run(exp, params, step)
+
+
+# The config sections that define the trained network and its objective: they must match the run's.
+_RUN_SECTIONS = ("model", "diffusion", "data", "ncsn")
+_RUN_KEYS = ("training.objective",)
+# Where the data lives may change between calls; how it was trained with may not (except when sampling).
+_ALWAYS_FREE = ("data.path", "data.data_dir")
+_FREE_AFTER_TRAINING = ("data.num_train", "data.random_flip", "diffusion.loss_type", "diffusion.lambda_vlb",
+                        "diffusion.timestep_sampling")  # fmt: skip
+_FIXED_VARIANCES = ("fixed_small", "fixed_large")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_compatible(saved: dict, current: dict, *, purpose: str) -> None:
+    """Raises ValueError unless ``current`` describes the same network and objective as the run's ``saved``
+    config: every key of model.*, diffusion.*, data.*, ncsn.* and training.objective must be equal, except
+    the data's location, and for ``purpose`` 'sample' / 'eval' the training-only keys (data.num_train,
+    random_flip, diffusion.loss_type, lambda_vlb, timestep_sampling) and a fixed variance
+    (diffusion.var_type fixed_small <-> fixed_large, a sampling choice; Ho et al. 2020 sec. 3.2). Keys
+    the saved config lacks (runs older than the key) are not compared. One line lists every mismatch."""
+    if purpose not in ("resume", "sample", "eval"):
+        raise ValueError(f"purpose must be 'resume', 'sample' or 'eval', got {purpose!r}")
+    a, b = _flatten(saved), _flatten(current)
+    free = set(_ALWAYS_FREE) | (set(_FREE_AFTER_TRAINING) if purpose != "resume" else set())
+    keys = [k for k in b if k.split(".")[0] in _RUN_SECTIONS or k in _RUN_KEYS]
+    bad = [k for k in sorted(keys) if k in a and k not in free and a[k] != b[k]]
+    if purpose != "resume" and "diffusion.var_type" in bad and {a["diffusion.var_type"], b["diffusion.var_type"]} <= set(
+            _FIXED_VARIANCES):  # fmt: skip
+        bad.remove("diffusion.var_type")
+    if bad:
+        diffs = "; ".join(f"{k}: run {a[k]!r} vs now {b[k]!r}" for k in bad)
+        raise ValueError(f"the config does not match the run it would {purpose} ({diffs}); use the run's values "
+                         "(sampling.* and eval.* may differ) or another --workdir")  # fmt: skip
+
+
+def saved_config(workdir: str) -> dict | None:
+    """The config the run in ``workdir`` was saved with (with its latest checkpoint, or config.json for
+    older runs), as a dict; None when there is no run there yet."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return None
+    with Checkpointer(directory, max_to_keep=1) as ckpt:
+        return ckpt.read_config()
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config the run in ``workdir`` was trained with (its ``checkpoints/config.json``)."""
+    config = saved_config(workdir)
+    if config is None:
+        raise FileNotFoundError(f"no run config in {os.path.join(workdir, CHECKPOINT_DIR)}: train that run first "
+                                "(python -m diffax.main ... --mode=train)")  # fmt: skip
+    return upgrade_config(config)
+
+
+def upgrade_config(saved: dict) -> ml_collections.ConfigDict:
+    """A saved config as a ConfigDict with every key of today's `presets.base_config`: keys added since the
+    run was saved take the value that reproduces the old behaviour (training.ema_warmup=False: runs saved
+    without the key had no EMA warm-up; diffusion.beta_start/beta_end None = the T-scaled defaults, equal to
+    DDPM's at T = 1000), the rest their defaults. The model section is the saved one as it is."""
+    config = presets.base_config()
+    config.training.ema_warmup = False
+    model = saved.get("model", {})
+    config.update({k: v for k, v in saved.items() if k != "model"})
+    config.model = ml_collections.ConfigDict(model)
+    return config
+
+
+def restore_ema(workdir: str, *, debias: bool | None = False, config: ml_collections.ConfigDict | None = None) -> Run:
+    """`restore_params` of the run in ``workdir`` with its own saved config (or ``config`` if given).
+
+    ``debias=None``: debias exactly when the run was trained without the EMA warm-up (its saved
+    training.ema_warmup is False or missing), see `restore_params`.
+    """
+    config = config if config is not None else read_run_config(workdir)
+    if debias is None:
+        debias = not config.training.ema_warmup
+    return restore_params(builders.build(config), workdir, debias=debias)
+
+
+def load_run(workdir: str):
+    """(config, module, ema_params, step) of the run saved in `workdir` (its saved config and latest
+    checkpoint), e.g. a noise-aware classifier for classifier guidance."""
+    config = read_run_config(workdir)
+    run = restore_ema(workdir, config=config)
+    return config, run.experiment.model, run.params, run.step
