@@ -18,7 +18,7 @@ import pytest
 
 from diffax import feature_fid, likelihood, schedules
 from diffax.models import Classifier
-from diffax.training import image_eval
+from diffax.training import image_eval, plots
 
 H = 8
 
@@ -117,8 +117,12 @@ def test_classifier_metrics_match_feature_fid(classifier_file):
 def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     """`--mode=train,sample,eval` on mock MNIST with a tiny UNet (T = 10): eval.json holds the test-split
     bits/dim (equal to image_eval.test_bits_per_dim on the checkpoint's EMA params with the eval key,
-    rtol 1e-6) and the classifier FID (equal to classifier_metrics on samples.npy, rtol 1e-9)."""
+    rtol 1e-6) and the classifier FID (equal to classifier_metrics on samples.npy, rtol 1e-9). The same run
+    checks the image path of train / sample: samples.npy and samples.npz (uint8 of the same samples),
+    samples.png's grid, metrics.jsonl's first loss, and the checkpoint directory."""
     import os
+
+    import matplotlib.pyplot as plt
 
     import tensorflow_datasets as tfds
 
@@ -134,6 +138,7 @@ def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     config.diffusion.num_timesteps = 10  # DDPM's betas kept at T = 10 (x_T is not N(0, I): allowed explicitly)
     config.diffusion.beta_start, config.diffusion.beta_end, config.diffusion.max_terminal_alpha_bar = 1e-4, 0.02, 1.0
     config.training.num_steps, config.training.batch_size, config.training.sample_every = 2, 8, 0
+    config.training.log_every = 1
     config.sampling.num_samples = 6
     config.eval.bpd_num_examples, config.eval.bpd_batch_size = 3, 2
     # A 28x28 classifier (the 8x8 fixture's weights do not fit 28x28 inputs: build one here).
@@ -156,3 +161,13 @@ def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     fid = image_eval.classifier_metrics(samples, str(clf), images)["classifier_fid"]
     np.testing.assert_allclose(result["classifier_fid"], fid, rtol=1e-9)
     assert result["num_fid_samples"] == 6 and "sample_accuracy" not in result  # unconditional model
+    assert samples.shape == (6, 28, 28, 1) and np.all(np.isfinite(samples))
+    npz = np.load(tmp_path / "samples.npz")
+    assert npz["samples"].dtype == np.uint8 and "labels" not in npz.files
+    np.testing.assert_array_equal(npz["samples"], np.clip(np.floor((samples.astype(np.float64) + 1) * 127.5 + 0.5), 0, 255))
+    assert plt.imread(tmp_path / "samples.png").shape[:2] == plots.image_grid(samples).shape[:2]
+    rec = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # The UNet's output conv is zero-initialised, so step 1's loss is mean(eps^2) over 8*784 values:
+    # mean 1, std sqrt(2/6272) = 0.018; 0.09 is 5 sigma.
+    assert [r["step"] for r in rec] == [1, 2] and abs(rec[0]["loss"] - 1.0) < 0.09
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "config.json"]

@@ -1,7 +1,7 @@
 """End-to-end tests of the entry point (`diffax.main`) and the run layer (`diffax.training.train` / `evaluate`).
 
 - gmm1d: a short training run, then `sample` and `eval`; the samples must match the seed mixture.
-- MNIST with a tiny UNet under `tfds.testing.mock_data`: one step of training, then sampling.
+- MNIST with a tiny UNet under `tfds.testing.mock_data`: tests/test_image_eval.py (train, sample, eval).
 - CLI errors: bad --mode, a --workdir that is a file, no --workdir, sampling an empty workdir.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from diffax import data, metrics
 from diffax import main as main_lib
 from diffax.evaluation import toys
-from diffax.training import evaluate, plots, presets
+from diffax.training import evaluate, presets
 
 
 def w1(a, b) -> float:
@@ -92,30 +92,6 @@ def test_wasserstein_1d_matches_closed_form():
         sw = float(metrics.sliced_wasserstein(pts, pts + np.array([1.0, 0.0]), key=jax.random.PRNGKey(0),
                                               num_projections=4096))
     assert sw == pytest.approx(2 / np.pi, rel=0.04)
-
-
-def test_mnist_tiny_unet_one_step_under_mock_tfds(tmp_path):
-    import tensorflow_datasets as tfds
-
-    config = _config("mnist")
-    config.data.name, config.data.path = "mnist", None
-    config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 8, (1,), 1
-    config.model.attn_resolutions, config.model.num_groups = (), 4
-    config.training.num_steps, config.training.batch_size = 1, 8
-    config.training.sample_every = 0
-    config.sampling.num_samples, config.sampling.num_steps = 4, 10
-    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
-        main_lib.run(config, str(tmp_path), ["train", "sample"])
-    x = np.load(tmp_path / "samples.npy")
-    assert x.shape == (4, 28, 28, 1) and np.all(np.isfinite(x))
-    import matplotlib.pyplot as plt
-
-    assert plt.imread(tmp_path / "samples.png").shape[:2] == plots.image_grid(x).shape[:2]
-    rec = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    # The UNet's output conv is zero-initialised, so step 1's loss is mean(eps^2) over 8*784 values:
-    # mean 1, std sqrt(2/6272) = 0.018; 0.09 is 5 sigma.
-    assert [r["step"] for r in rec] == [1] and abs(rec[0]["loss"] - 1.0) < 0.09
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "config.json"]
 
 
 def test_parse_modes_and_workdir_errors(tmp_path):

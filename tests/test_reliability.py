@@ -334,11 +334,15 @@ def _trained(wd: Path) -> None:
 
 
 def _trained_then_damaged(wd: Path) -> None:
+    """setup: a trained run whose latest checkpoint (step 20) has garbage in every array data file (a single
+    flipped byte may land in padding of Orbax's layout, which differs between runs)."""
     _trained(wd)
-    p = _payload(_ckpt_dir(wd) / "20")
-    raw = bytearray(p.read_bytes())
-    raw[len(raw) // 2] ^= 0x10
-    p.write_bytes(bytes(raw))
+    rng = np.random.default_rng(0)
+    for root, _, files in os.walk(_ckpt_dir(wd) / "20" / "state"):
+        if os.path.basename(root) == "d":
+            for f in files:
+                p = Path(root) / f
+                p.write_bytes(rng.integers(0, 256, p.stat().st_size, dtype=np.uint8).tobytes())
 
 
 def _main(modes: str, **overrides):
