@@ -100,10 +100,11 @@ def test_one_device_eight_devices_and_two_processes_give_the_same_samples(traine
 
 
 def test_killed_sampling_run_resumes_from_its_finished_chunks(trained, tmp_path):
-    """kill -9 of `--mode=sample` (chunks of 1 sample x 1000 ancestral steps: 23 parts) once >= 2 parts exist;
+    """kill -9 of `--mode=sample` (chunks of 1 sample x 1000 ancestral steps: 60 parts) once >= 2 parts exist;
     the restart keeps those parts (byte-identical files) and the final samples.npz equals an uninterrupted
     run's exactly (same chunk size and device count: the same program computes every chunk)."""
-    settings = {"sampling.batch_size": 1, "sampling.method": "ddpm", "sampling.num_steps": 1000}
+    settings = {"sampling.batch_size": 1, "sampling.method": "ddpm", "sampling.num_steps": 1000,
+                "sampling.num_samples": 60}  # many short chunks: the kill lands mid-run even on a slow machine
     straight, killed = _copy(trained, tmp_path / "straight"), _copy(trained, tmp_path / "killed")
     job = subprocess.Popen(_cli(killed, **settings), env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)  # fmt: skip
@@ -114,7 +115,7 @@ def test_killed_sampling_run_resumes_from_its_finished_chunks(trained, tmp_path)
     job.send_signal(signal.SIGKILL)
     job.wait()
     kept = {p.name: p.read_bytes() for p in parts.glob("part-*.npz")}
-    assert 2 <= len(kept) < 23, sorted(kept)
+    assert 2 <= len(kept) < 60, sorted(kept)
     assert not (killed / "samples.npz").exists()
     main_lib.run(_config(**settings), str(killed), ["sample"])
     main_lib.run(_config(**settings), str(straight), ["sample"])
