@@ -28,6 +28,7 @@ from diffax.training.presets import base_config, classifier_model_config, mlp_mo
 __all__ = [
     "Experiment",
     "build",
+    "as_experiment",
     "base_config",
     "mlp_model_config",
     "unet_model_config",
@@ -448,6 +449,12 @@ class Experiment:
     eval: EvalSettings
     sampler: Callable[..., tuple[Callable, int | None]]
     make_batches: Callable[[str], Any]
+
+
+def as_experiment(exp_or_config: "Experiment | ml_collections.ConfigDict") -> "Experiment":
+    """``exp_or_config`` itself if it is an `Experiment`, else ``build(exp_or_config)`` (the run layer's entry
+    points take either)."""
+    return build(exp_or_config) if isinstance(exp_or_config, ml_collections.ConfigDict) else exp_or_config
 
 
 def _interval(name: str, value: Any, allow_zero: bool = False) -> int:

@@ -19,14 +19,12 @@ import os
 from typing import Any
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from diffax import data as data_lib
 from diffax.evaluation import toys
 from diffax.training import builders, plots, sampling
-from diffax.training.restore import (check_compatible, latest_step, restore_ema, restore_params, saved_config,
-                                    stream_key)
+from diffax.training.restore import checked_latest_step, restore_ema, restore_params, stream_key
 from diffax.training.evaluate_images import classifier_eval, image_eval_metrics, image_metrics, sample_labels
 from diffax.training.train import all_finite, is_main_process
 
@@ -36,10 +34,6 @@ PARTS_DIR = "samples"  # finished chunks of a sampling run: samples/part-<j>.npz
 NPY_MAX_IMAGES = 10_000  # samples.npy (float) is also written for toys and up to this many images
 # Seeds of the toy data sets used by `evaluate` (offsets of the seed, far from the training set's).
 HELDOUT_SEED_OFFSET, BASELINE_SEED_OFFSET = 1_000_003, 2_000_003
-
-
-def _as_experiment(exp_or_config) -> builders.Experiment:
-    return builders.build(exp_or_config) if isinstance(exp_or_config, ml_collections.ConfigDict) else exp_or_config
 
 
 def guidance_classifier(exp: builders.Experiment) -> tuple[Any, Any] | None:
@@ -62,7 +56,7 @@ def generate(exp_or_config, workdir: str) -> tuple[np.ndarray, int]:
     chunks of sampling.batch_size over every device and process (`sampling.draw_samples`); finished chunks
     are kept in ``workdir/samples/`` and reused by a restarted or repeated call with the same settings.
     Raises FloatingPointError on non-finite parameters or samples (nothing is written then)."""
-    exp = _as_experiment(exp_or_config)
+    exp = builders.as_experiment(exp_or_config)
     run = restore_params(exp, workdir)
     if not bool(all_finite(run.params)):
         raise FloatingPointError(f"the EMA parameters of checkpoint {run.step} in {workdir} are not finite")
@@ -80,17 +74,6 @@ def generate(exp_or_config, workdir: str) -> tuple[np.ndarray, int]:
     return x, run.step
 
 
-def checked_latest_step(exp: builders.Experiment, workdir: str) -> int:
-    """The latest checkpoint step of the run in ``workdir``, after `check_compatible` for 'eval'."""
-    saved = saved_config(workdir)
-    if saved is not None:
-        check_compatible(saved, exp.config, purpose="eval")
-    step = latest_step(workdir)
-    if step is None:
-        raise FileNotFoundError(f"no finalized checkpoint in {workdir}; train first (--mode=train)")
-    return step
-
-
 def _reference_data(exp: builders.Experiment, n: int, seed_offset: int) -> np.ndarray | None:
     """n fresh points of a toy data set (None for image data)."""
     if not exp.data.is_toy:
@@ -106,7 +89,7 @@ def sample(exp_or_config, workdir: str) -> np.ndarray:
     The picture: an image grid, a 1-D histogram over the true density (mixtures) or the data, or
     a 2-D scatter over the data. Returns the samples.
     """
-    exp = _as_experiment(exp_or_config)
+    exp = builders.as_experiment(exp_or_config)
     x, step = generate(exp, workdir)
     if is_main_process():
         labels = sample_labels(exp)
@@ -134,7 +117,7 @@ def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) 
     beside the data-vs-held-out baseline; for labelled samples (i mod K) of a mixture, label_accuracy.
     Images: `image_metrics` and `image_eval_metrics`. A noisy classifier: `classifier_eval`.
     """
-    exp = _as_experiment(exp_or_config)
+    exp = builders.as_experiment(exp_or_config)
     if exp.objective == "noisy_classifier":
         return _write_eval(workdir, classifier_eval(exp, workdir, HELDOUT_SEED_OFFSET))
     if samples is None:

@@ -20,7 +20,7 @@ from diffax.training import builders, optim, presets, sharding
 from diffax.training.state import TrainState, create_train_state
 
 __all__ = ["CHECKPOINT_DIR", "STREAMS", "stream_key", "abstract_state", "initial_state", "Run", "restore_ema",
-           "restore_params", "load_run", "read_run_config", "saved_config", "check_compatible", "latest_step"]  # fmt: skip
+           "restore_params", "checked_latest_step", "load_run", "read_run_config", "saved_config", "check_compatible", "latest_step"]  # fmt: skip
 
 CHECKPOINT_DIR = "checkpoints"
 # Streams of randomness derived from the seed (never the same key for two purposes).
@@ -81,6 +81,23 @@ def latest_step(workdir: str) -> int | None:
         return ckpt.latest_step()
 
 
+def _check_run(ckpt: Checkpointer, exp: builders.Experiment, purpose: str) -> None:
+    """`check_compatible` of ``exp``'s config with the one saved with the run (nothing for older runs)."""
+    saved = ckpt.read_config()
+    if saved is not None:
+        check_compatible(saved, exp.config, purpose=purpose)
+
+
+def checked_latest_step(exp: builders.Experiment, workdir: str, *, purpose: str = "eval") -> int:
+    """The latest checkpoint step of the run in ``workdir``, after `check_compatible` with ``exp``."""
+    with Checkpointer(_checkpoint_dir(workdir), max_to_keep=1) as ckpt:
+        _check_run(ckpt, exp, purpose)
+        step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no finalized checkpoint in {ckpt.directory}; train first (--mode=train)")
+    return step
+
+
 def restore_params(exp: builders.Experiment, workdir: str, *, debias: bool = False, purpose: str = "sample",
                    check: bool = True) -> Run:  # fmt: skip
     """The EMA parameters of the newest intact checkpoint in ``workdir`` (a damaged newer one is reported and
@@ -92,9 +109,8 @@ def restore_params(exp: builders.Experiment, workdir: str, *, debias: bool = Fal
     """
     mesh = sharding.make_mesh()
     with Checkpointer(_checkpoint_dir(workdir), max_to_keep=exp.train.keep_checkpoints) as ckpt:
-        saved = ckpt.read_config()
-        if saved is not None and check:
-            check_compatible(saved, exp.config, purpose=purpose)
+        if check:
+            _check_run(ckpt, exp, purpose)
         restored = ckpt.restore_latest_intact(abstract_state(exp, mesh), quarantine=False)
         if restored is None:
             raise FileNotFoundError(f"no finalized checkpoint in {ckpt.directory}; train first (--mode=train)")

@@ -60,12 +60,6 @@ def _mean_metrics(pending: list[Mapping[str, jax.Array]]) -> dict[str, float]:
     return {k: float(np.mean([np.asarray(m[k]) for m in host])) for k in host[-1]}
 
 
-def _as_experiment(exp_or_config) -> builders.Experiment:
-    if isinstance(exp_or_config, ml_collections.ConfigDict):
-        return builders.build(exp_or_config)
-    return exp_or_config
-
-
 def _compiled_train_step(exp: builders.Experiment, mesh):
     t = exp.train
     return sharding.jit_train_step(
@@ -97,7 +91,7 @@ def train_and_evaluate(exp_or_config: builders.Experiment | ml_collections.Confi
     Takes an `Experiment` (or a config, built here). Returns the final TrainState. Raises
     FloatingPointError on a non-finite loss or parameters (after keeping the last good checkpoint).
     """
-    exp = _as_experiment(exp_or_config)
+    exp = builders.as_experiment(exp_or_config)
     os.makedirs(workdir, exist_ok=True)
     with WorkdirLock(workdir):  # one trainer per workdir
         return _train(exp, workdir)
