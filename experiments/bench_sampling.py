@@ -17,9 +17,18 @@ at each batch size, for DDPM (T = 1000 steps) and DDIM (50 steps, 'leading' spac
               such as diffusers sample)
   speedup     loop_ms / run_ms
 
+With ``--unet``: DDPM sampling with configs/cifar10.py's U-Net (`diffax.models.ddpm_cifar10`, random
+weights) of ``--unet-batch`` images x ``--unet-steps`` steps: compile_s, run_s (median), images_per_s,
+call_ms (one jitted forward of the same batch) and overhead = run / (steps x call) (issue 14's goal:
+<= 1.05; the per-step coefficients and all step keys are computed before the scan).
+With ``--fid``: FID feature extraction (`diffax.models.inception.InceptionV3`, random weights, 299x299
+input) in images/s at ``--fid-batch``.
+
 Run:  python experiments/bench_sampling.py            # table (batch 256, 1024, 4096)
       python experiments/bench_sampling.py --json     # one JSON object
       python experiments/bench_sampling.py --quick    # smoke: batch 256, DDPM 100 steps, 2 repeats
+GPU (issue 12's goal: 256 samples x 1000 steps <= 10 s on one H100/H200):
+      python experiments/bench_sampling.py --batch-sizes --unet --unet-batch 256 --unet-steps 1000 --fid
 """
 
 from __future__ import annotations
@@ -170,15 +179,72 @@ def bench(sampler: str, *, batch: int, ddpm_steps: int, repeats: int, hidden: in
     )
 
 
+def bench_unet_ddpm(*, batch: int, steps: int, repeats: int, ch: int = 128, dtype: str = "float32") -> dict:
+    """DDPM ancestral sampling of `batch` 32x32x3 images in `steps` steps with ddpm_cifar10 (random weights)."""
+    from diffax.models import ddpm_cifar10
+
+    model = ddpm_cifar10(ch=ch, dtype=dtype)
+    shape = (batch, 32, 32, 3)
+    x = jnp.zeros(shape, jnp.float32)
+    t = jnp.zeros((batch,), jnp.int32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x[:1], t[:1])
+    s = schedules.linear(1000)
+    # All 1000 steps, or (smoke runs) the chain respaced to `steps` (improved DDPM's respacing).
+    ts = None if steps == 1000 else np.linspace(0, 999, steps).round().astype(np.int32)
+
+    def run(params, key):
+        return samplers.ddpm(lambda xt, tt: model.apply(params, xt, tt), s, key, shape, timesteps=ts)
+
+    sampler_c, compile_s = _compile(run, params, jax.random.PRNGKey(2))
+    call_c, call_compile_s = _compile(model.apply, params, x, t)
+    ms = _interleaved_median_ms(
+        dict(run=lambda: sampler_c(params, jax.random.PRNGKey(2)).block_until_ready(),
+             call=lambda: call_c(params, x, t).block_until_ready()),
+        repeats,
+    )  # fmt: skip
+    return dict(
+        sampler=f"ddpm-{steps}", model=f"ddpm_cifar10(ch={ch})", dtype=dtype, batch=batch,
+        compile_s=round(compile_s, 2), run_s=round(ms["run"] / 1e3, 3), images_per_s=round(batch / (ms["run"] / 1e3), 2),
+        call_ms=round(ms["call"], 3), overhead=round(ms["run"] / (steps * ms["call"]), 3),
+        device_peak_mib=_peak_mib(),
+    )  # fmt: skip
+
+
+def _peak_mib():
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return round(stats["peak_bytes_in_use"] / 2**20, 1) if "peak_bytes_in_use" in stats else None
+
+
+def bench_fid(*, batch: int, repeats: int, input_size: int = 299) -> dict:
+    """Pool3 features of `batch` 32x32 images (resized to input_size) per call, random Inception weights."""
+    from diffax.models.inception import InceptionV3
+
+    model = InceptionV3(input_size=input_size)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, 32, 32, 3)), jnp.float32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
+    feats_c, compile_s = _compile(lambda v, x: model.apply(v, x)[0], variables, x)
+    ms = _interleaved_median_ms(dict(f=lambda: feats_c(variables, x).block_until_ready()), repeats)["f"]
+    return dict(model=f"InceptionV3({input_size}x{input_size})", batch=batch, compile_s=round(compile_s, 2),
+                batch_ms=round(ms, 2), images_per_s=round(batch / (ms / 1e3), 1), device_peak_mib=_peak_mib())  # fmt: skip
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[256, 1024, 4096], help="MLP rows (none: skip them)")
     p.add_argument("--ddpm-steps", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="batch 256, DDPM 100 steps, 2 repeats")
+    p.add_argument("--unet", action="store_true", help="also DDPM sampling with the CIFAR-10 U-Net")
+    p.add_argument("--unet-batch", type=int, default=256)
+    p.add_argument("--unet-steps", type=int, default=1000)
+    p.add_argument("--unet-ch", type=int, default=128, help="U-Net width (128 = ddpm_cifar10; smaller for smoke runs)")
+    p.add_argument("--unet-dtypes", default="float32", help="comma list: float32, bfloat16")
+    p.add_argument("--fid", action="store_true", help="also FID feature extraction (InceptionV3, random weights)")
+    p.add_argument("--fid-batch", type=int, default=250)
+    p.add_argument("--fid-input-size", type=int, default=299, help="299 for FID; >= 75 for smoke runs")
     a = p.parse_args(argv)
     if a.quick:
         a.batch_sizes, a.ddpm_steps, a.repeats = [256], 100, 2
@@ -190,6 +256,9 @@ def main(argv=None) -> None:
         for b in a.batch_sizes
         for smp in ("ddpm", "ddim")
     ]
+    unet_rows = [bench_unet_ddpm(batch=a.unet_batch, steps=a.unet_steps, repeats=a.repeats, ch=a.unet_ch, dtype=d)
+                 for d in a.unet_dtypes.split(",")] if a.unet else []  # fmt: skip
+    fid_rows = [bench_fid(batch=a.fid_batch, repeats=a.repeats, input_size=a.fid_input_size)] if a.fid else []
     meta = dict(
         backend=jax.default_backend(),
         device=str(jax.devices()[0]),
@@ -199,14 +268,16 @@ def main(argv=None) -> None:
         repeats=a.repeats,
     )
     if a.json:
-        json.dump(dict(meta=meta, rows=rows), sys.stdout)
+        json.dump(dict(meta=meta, rows=rows, unet_rows=unet_rows, fid_rows=fid_rows), sys.stdout)
         print()
         return
     print(" ".join(f"{k}={v}" for k, v in meta.items()))
-    cols = list(rows[0])
-    print(" | ".join(f"{c:>10}" for c in cols))
-    for r in rows:
-        print(" | ".join(f"{r[c]!s:>10}" for c in cols))
+    for table in (rows, unet_rows, fid_rows):
+        if table:
+            cols = list(table[0])
+            print(" | ".join(f"{c:>10}" for c in cols))
+            for r in table:
+                print(" | ".join(f"{r[c]!s:>10}" for c in cols))
 
 
 if __name__ == "__main__":

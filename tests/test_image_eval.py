@@ -73,6 +73,37 @@ def test_bits_per_dim_equals_direct_vlb_with_padding_and_labels():
     assert np.min(np.abs(np.asarray(other["per_example"]) - want)) > 1e-4
 
 
+def test_sharded_bits_per_dim_equals_vlb_of_each_image_alone():
+    """`sharded_bits_per_dim` (the eval path: rows over the mesh, image i's noise from fold_in(key, i)):
+    every per-image total equals `likelihood.vlb_bpd` on that image alone with key fold_in(key, i) (float32:
+    rtol 1e-6), for any batch size (2: the last batch padded; 5: one batch); labels reach the network
+    (negative control: other labels give other totals). 8 devices: tests/test_inception_metrics.py."""
+    from diffax.evaluation.sharded import sharded_bits_per_dim
+    from diffax.training import sharding
+
+    s = schedules.linear(20, 1e-4, 0.02)
+    params = {"c": jnp.asarray(0.3)}
+    x, labels = image_eval.to_model_range(_images(5)), np.array([0, 1, 2, 0, 1], np.int32)
+    key, mesh = jax.random.PRNGKey(4), sharding.make_mesh(jax.devices()[:1])
+
+    @jax.jit
+    def alone(k, xi, yi):
+        fn = lambda x_t, t: _linear_eps_model({"params": params}, x_t, t, y=yi)  # noqa: E731
+        return likelihood.vlb_bpd(fn, s, k, xi)["total"][0]
+
+    want = np.array([alone(jax.random.fold_in(key, i), x[i : i + 1], labels[i : i + 1]) for i in range(5)])
+    for batch_size in (2, 5):
+        out = sharded_bits_per_dim(_linear_eps_model, params, s, x, key, mesh, labels=labels, batch_size=batch_size)
+        np.testing.assert_allclose(out["per_example"], want, rtol=1e-6)
+        assert out["num_examples"] == 5
+        np.testing.assert_allclose(out["bpd"], np.mean(want), rtol=1e-6)
+        np.testing.assert_allclose(out["bpd_stderr"], np.std(want, ddof=1) / math.sqrt(5), rtol=1e-5)
+    other = sharded_bits_per_dim(_linear_eps_model, params, s, x, key, mesh, labels=labels + 3, batch_size=2)
+    assert np.min(np.abs(np.asarray(other["per_example"]) - want)) > 1e-4
+    with pytest.raises(ValueError, match="labels has 2 entries for 5 images"):
+        sharded_bits_per_dim(_linear_eps_model, params, s, x, key, mesh, labels=labels[:2])
+
+
 def test_bits_per_dim_rejects_bad_input():
     s = schedules.linear(5, 1e-4, 0.02)
     with pytest.raises(ValueError, match="labels has 2 entries for 3 images"):
@@ -116,10 +147,11 @@ def test_classifier_metrics_match_feature_fid(classifier_file):
 
 def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     """`--mode=train,sample,eval` on mock MNIST with a tiny UNet (T = 10): eval.json holds the test-split
-    bits/dim (equal to image_eval.test_bits_per_dim on the checkpoint's EMA params with the eval key,
-    rtol 1e-6) and the classifier FID (equal to classifier_metrics on samples.npy, rtol 1e-9). The same run
-    checks the image path of train / sample: samples.npy and samples.npz (uint8 of the same samples),
-    samples.png's grid, metrics.jsonl's first loss, and the checkpoint directory."""
+    bits/dim (equal to the mean of `likelihood.vlb_bpd` of each image alone on the checkpoint's EMA params
+    with key fold_in(eval key, i), rtol 1e-6) and the classifier FID (equal to classifier_metrics on
+    samples.npy, rtol 1e-9). The same run checks the image path of train / sample: samples.npy and
+    samples.npz (uint8 of the same samples), samples.png's grid, metrics.jsonl's first loss, and the
+    checkpoint directory."""
     import os
 
     import matplotlib.pyplot as plt
@@ -153,9 +185,14 @@ def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["checkpoint_step"] == 2
     run = restore.restore_params(builders.build(config), str(tmp_path))
-    want = image_eval.test_bits_per_dim(run.experiment.model.apply, run.params, run.experiment.schedule, images[:3],
-                                        restore.stream_key(config.seed, "eval"), batch_size=2, progress=False)  # fmt: skip
-    np.testing.assert_allclose(result["test_bpd"], want["bpd"], rtol=1e-6)
+    key, exp = restore.stream_key(config.seed, "eval"), run.experiment
+    vlb = jax.jit(lambda k, x0: likelihood.vlb_bpd(lambda x_t, t: exp.model.apply({"params": run.params}, x_t, t,
+                                                                                   train=False),
+                                                   exp.schedule, k, x0, mean_type=exp.mean_type,
+                                                   var_type=exp.var_type)["total"][0])  # fmt: skip
+    x = image_eval.to_model_range(images[:3])
+    want = [vlb(jax.random.fold_in(key, i), x[i : i + 1]) for i in range(3)]  # image i alone, its own key
+    np.testing.assert_allclose(result["test_bpd"], np.mean(want), rtol=1e-6)
     assert result["bpd_num_examples"] == 3 and result["test_bpd_stderr"] > 0
     samples = np.load(tmp_path / "samples.npy")
     fid = image_eval.classifier_metrics(samples, str(clf), images)["classifier_fid"]

@@ -569,3 +569,20 @@ def test_cli_config_errors_are_one_last_line(config_arg, expected, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and last.startswith("diffax: error: bad --config:") and expected in last, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_compute_dtype_may_change_but_the_architecture_may_not():
+    """`restore.check_compatible` (pure, no run): a bf16-trained run may be resumed, sampled or evaluated in
+    float32 and back (model.dtype only sets activations; parameters are float32 either way), while a
+    one-key architecture change beside it is still named and refused."""
+    from diffax.training import presets, restore
+
+    saved = presets.load_config(str(REPO / "configs" / "default.py")).to_dict()
+    saved["model"]["dtype"] = "bfloat16"
+    now = presets.load_config(str(REPO / "configs" / "default.py")).to_dict()
+    now["model"]["dtype"] = "float32"
+    for purpose in ("resume", "sample", "eval"):
+        restore.check_compatible(saved, now, purpose=purpose)  # no error
+    now["model"]["hidden"] = saved["model"]["hidden"] + 1
+    with pytest.raises(ValueError, match=r"model\.hidden: run"):
+        restore.check_compatible(saved, now, purpose="resume")

@@ -12,11 +12,16 @@ pytorch-fid weights (``pt_inception-2015-12-05-6726825d.pth``, re-saved as ``.np
 download. Convert once, where torch is installed:
     ``np.savez(out, **{k: v.numpy() for k, v in torch.load(pth).items()})``.
 Input: NHWC images in [-1, 1]; resized (bilinear, half-pixel centres, as pytorch-fid's
-``F.interpolate(..., align_corners=False)``) to 299x299 unless ``resize_input=False``.
+``F.interpolate(..., align_corners=False)``) to 299x299 unless ``resize_input=False``
+(``input_size`` changes the 299: tests run the same network at 75x75, its smallest input).
+
+Random weights for tests and dry runs (no download): `random_fid_state_dict` / `save_random_fid_weights`,
+or from the shell ``python experiments/random_inception_weights.py PATH.npz [--seed 0]``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -27,10 +32,12 @@ import numpy as np
 
 Array = jax.Array
 
-__all__ = ["InceptionV3", "load_fid_weights", "FID_NUM_CLASSES", "POOL3_DIM"]
+__all__ = ["InceptionV3", "load_fid_weights", "random_fid_state_dict", "save_random_fid_weights", "FID_NUM_CLASSES",
+           "POOL3_DIM", "FID_INPUT_SIZE"]  # fmt: skip
 
 FID_NUM_CLASSES = 1008
 POOL3_DIM = 2048
+FID_INPUT_SIZE = 299
 
 
 def _pad(p) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -145,19 +152,24 @@ class InceptionE(nn.Module):
 class InceptionV3(nn.Module):
     """FID Inception-v3: ``apply(variables, x)`` -> ``(pool3 (B, 2048), logits (B, 1008))``.
 
-    x: (B, H, W, 3) in [-1, 1] (at least 75x75 when ``resize_input=False``). Inference only:
+    x: (B, H, W, 3) in [-1, 1] (at least 75x75 when ``resize_input=False``), resized to
+    ``input_size`` x ``input_size`` (299 for FID; >= 75) unless ``resize_input=False``. Inference only:
     BatchNorm uses the running statistics of the ``batch_stats`` collection.
     """
 
     resize_input: bool = True
     num_classes: int = FID_NUM_CLASSES
+    input_size: int = FID_INPUT_SIZE
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"InceptionV3 expects (B, H, W, 3) images, got shape {x.shape}")
         if self.resize_input:
-            x = jax.image.resize(x, (x.shape[0], 299, 299, 3), method="bilinear", antialias=False)
+            if self.input_size < 75:
+                raise ValueError(f"InceptionV3 input_size must be >= 75, got {self.input_size}")
+            size = (x.shape[0], self.input_size, self.input_size, 3)
+            x = jax.image.resize(x, size, method="bilinear", antialias=False)
         elif min(x.shape[1:3]) < 75:
             raise ValueError(f"InceptionV3 needs H, W >= 75 without resizing, got {x.shape[1:3]}")
         x = BasicConv2d(32, (3, 3), stride=2, name="Conv2d_1a_3x3")(x)
@@ -178,6 +190,13 @@ class InceptionV3(nn.Module):
         x = InceptionE("max", name="Mixed_7c")(x)
         pool3 = jnp.mean(x, axis=(1, 2))
         return pool3, nn.Dense(self.num_classes, name="fc")(pool3)
+
+
+@functools.lru_cache(maxsize=1)
+def _variable_shapes() -> Any:
+    """The abstract variables (shapes and dtypes) of ``InceptionV3()`` (the same at every input size)."""
+    x = jnp.zeros((1, 75, 75, 3))
+    return jax.eval_shape(lambda: InceptionV3(resize_input=False).init(jax.random.PRNGKey(0), x))
 
 
 def _torch_to_flax(key: str, value: np.ndarray) -> tuple[str, tuple[str, ...], np.ndarray]:
@@ -228,8 +247,7 @@ def load_fid_weights(path: str | os.PathLike, *, template: Any | None = None) ->
         node[keys[-1]] = jnp.asarray(arr, jnp.float32)
 
     if template is None:
-        template = jax.eval_shape(lambda: InceptionV3(resize_input=False).init(
-            jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3))))
+        template = _variable_shapes()
     want = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(template)}
     got = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(variables)}
     if want != got:
@@ -239,3 +257,49 @@ def load_fid_weights(path: str | os.PathLike, *, template: Any | None = None) ->
         raise ValueError(f"FID weights in {path!r} do not match InceptionV3: missing {missing}, "
                          f"unexpected {extra}, wrong shape {bad}")
     return variables
+
+
+def _flax_to_torch(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """The PyTorch state-dict key and shape of one Flax variable (inverse of `_torch_to_flax`)."""
+    col, *mods, leaf = path
+    if col == "params" and mods == ["fc"]:
+        return ("fc.weight", shape[::-1]) if leaf == "kernel" else ("fc.bias", shape)
+    if leaf == "kernel":
+        return ".".join(mods) + ".weight", (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
+    name = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[leaf]
+    return ".".join(mods) + "." + name, shape
+
+
+def random_fid_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights in pytorch-fid's state-dict format (float32 NumPy; `load_fid_weights` reads them).
+
+    For tests and dry runs where the real weights are not at hand: convolutions and the fc layer
+    He-normal (std sqrt(2 / fan_in)), BatchNorm scale ~ U(0.8, 1.2), bias ~ N(0, 0.1^2), running
+    mean ~ N(0, 0.1^2), running variance ~ U(0.8, 1.2), so activations stay O(1) through the 94
+    layers and the features are non-degenerate. Deterministic in ``seed`` (NumPy generator).
+    """
+    template = _variable_shapes()
+    rng = np.random.default_rng(seed)
+    state = {}
+    for p, leaf in jax.tree_util.tree_leaves_with_path(template):
+        path = tuple(k.key for k in p)
+        key, shape = _flax_to_torch(path, tuple(leaf.shape))
+        name = key.rsplit(".", 1)[-1]
+        if name == "weight" and len(shape) in (2, 4):
+            value = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / np.prod(shape[1:])))
+        elif name in ("weight", "running_var"):
+            value = rng.uniform(0.8, 1.2, shape).astype(np.float32)
+        else:
+            value = rng.standard_normal(shape, np.float32) * np.float32(0.1)
+        state[key] = value
+    return state
+
+
+def save_random_fid_weights(path: str | os.PathLike, seed: int = 0) -> str:
+    """Writes `random_fid_state_dict(seed)` to ``path`` (.npz) and returns the path."""
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"random FID weights are saved as .npz, got {path!r}")
+    np.savez(path, **random_fid_state_dict(seed))
+    return path
+

@@ -8,7 +8,7 @@ matching.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -40,6 +40,8 @@ class MLP(nn.Module):
     (num_classes = the null label for classifier-free guidance) or None (-> null label).
     Continuous times t in [0, 1] should be scaled (e.g. by 1000) by the caller, since the sinusoid's
     lowest frequency has period 2 pi and its highest 2 pi * 10000.
+    ``dtype``: the activations' dtype ('bfloat16' for mixed precision); parameters, the time/class
+    embedding and the output stay float32. None (the default): Flax's promotion of inputs and params.
     """
 
     hidden: int = 128
@@ -50,6 +52,7 @@ class MLP(nn.Module):
     time_embed_dim: int = 64
     activation: str = "silu"
     dropout: float = 0.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, t: Array | None = None, y: Array | None = None, train: bool = False) -> Array:
@@ -65,7 +68,7 @@ class MLP(nn.Module):
         if t is not None:
             t = jnp.broadcast_to(jnp.asarray(t), (b,))
             cond = nn.Dense(self.hidden, name="temb_dense0")(timestep_embedding(t, self.time_embed_dim))
-            cond = nn.Dense(self.hidden, name="temb_dense1")(act(cond))
+            cond = nn.Dense(self.hidden, name="temb_dense1")(act(cond))  # float32 under any dtype
         if self.num_classes is not None:
             if y is None:
                 y = jnp.full((b,), self.num_classes, dtype=jnp.int32)
@@ -74,14 +77,16 @@ class MLP(nn.Module):
         elif y is not None:
             raise ValueError("y was given but the MLP has num_classes=None (unconditional)")
 
-        h = nn.Dense(self.hidden, name="dense_in")(x)
+        dt = self.dtype
+        h = nn.Dense(self.hidden, dtype=dt, name="dense_in")(x)
         for i in range(self.num_layers):
-            r = nn.Dense(self.hidden, name=f"block_{i}_dense1")(act(h))
+            r = nn.Dense(self.hidden, dtype=dt, name=f"block_{i}_dense1")(act(h))
             if cond is not None:
-                r = r + nn.Dense(self.hidden, name=f"block_{i}_cond")(act(cond))
+                r = r + nn.Dense(self.hidden, dtype=dt, name=f"block_{i}_cond")(act(cond))
             r = nn.Dropout(rate=self.dropout, deterministic=not train)(act(r))
-            h = h + nn.Dense(self.hidden, name=f"block_{i}_dense2")(r)
+            h = h + nn.Dense(self.hidden, dtype=dt, name=f"block_{i}_dense2")(r)
         out = x.shape[-1] if self.out_dim is None else self.out_dim
         if self.learn_sigma:
             out *= 2
-        return nn.Dense(out, name="dense_out")(act(h))
+        y_out = nn.Dense(out, dtype=dt, name="dense_out")(act(h))
+        return y_out if dt is None else y_out.astype(jnp.promote_types(dt, jnp.float32))

@@ -39,6 +39,11 @@ class UNet(nn.Module):
     [0, num_classes] (num_classes = null) or None. Returns (B, H, W, out), out = out_ch or C, doubled
     with ``learn_sigma`` (first half the mean output, second half the variance output).
     Dropout needs ``rngs={'dropout': key}`` when ``train=True`` and ``dropout > 0``.
+    ``dtype``: the activations' dtype ('bfloat16' for mixed precision). Parameters stay float32; the
+    timestep/class embedding, GroupNorm statistics, the attention softmax and the output are float32.
+    ``norm_eps`` (every GroupNorm's epsilon), ``flip_sin_to_cos`` and ``freq_shift`` (the timestep
+    embedding, `layers.timestep_embedding`) default to DDPM's values; diffusers' UNet2DModel configs set
+    them (`diffax.interop.load_diffusers_unet`).
     """
 
     ch: int = 128
@@ -55,6 +60,9 @@ class UNet(nn.Module):
     num_head_channels: int = -1
     num_classes: int | None = None
     num_groups: int = 32
+    norm_eps: float = 1e-6
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1.0
     dtype: jnp.dtype = jnp.float32
 
     def _check(self, x: Array) -> None:
@@ -71,11 +79,11 @@ class UNet(nn.Module):
 
     def _res(self, out_ch: int | None, name: str, **kw) -> ResBlock:
         return ResBlock(out_ch=out_ch, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
-                        num_groups=self.num_groups, dtype=self.dtype, name=name, **kw)
+                        num_groups=self.num_groups, norm_eps=self.norm_eps, dtype=self.dtype, name=name, **kw)
 
     def _attn(self, name: str) -> AttnBlock:
         return AttnBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
-                         num_groups=self.num_groups, dtype=self.dtype, name=name)
+                         num_groups=self.num_groups, norm_eps=self.norm_eps, dtype=self.dtype, name=name)
 
     @nn.compact
     def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False) -> Array:
@@ -84,14 +92,16 @@ class UNet(nn.Module):
         t = jnp.broadcast_to(jnp.asarray(t), (b,))
         temb_ch = 4 * self.ch
         # Timestep embedding: sinusoid -> Dense(4ch) -> SiLU -> Dense(4ch) (DDPM `temb`).
-        temb = timestep_embedding(t, self.ch).astype(self.dtype)
-        temb = _dense(temb_ch, dtype=self.dtype, name="temb_dense0")(temb)
-        temb = _dense(temb_ch, dtype=self.dtype, name="temb_dense1")(nn.silu(temb))
+        temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos,
+                                  freq_shift=self.freq_shift)
+        # Kept in float32 under a low-precision dtype (mixed precision): (B, 4ch), negligible cost.
+        temb = _dense(temb_ch, dtype=jnp.float32, name="temb_dense0")(temb)
+        temb = _dense(temb_ch, dtype=jnp.float32, name="temb_dense1")(nn.silu(temb))
         if self.num_classes is not None:
             if y is None:
                 y = jnp.full((b,), self.num_classes, dtype=jnp.int32)
             y = jnp.broadcast_to(jnp.asarray(y), (b,))
-            temb = temb + nn.Embed(self.num_classes + 1, temb_ch, dtype=self.dtype, name="label_emb")(y)
+            temb = temb + nn.Embed(self.num_classes + 1, temb_ch, dtype=jnp.float32, name="label_emb")(y)
         elif y is not None:
             raise ValueError("y was given but the UNet has num_classes=None (unconditional)")
 
@@ -135,8 +145,9 @@ class UNet(nn.Module):
         out_ch = x.shape[-1] if self.out_ch is None else self.out_ch
         if self.learn_sigma:
             out_ch *= 2
-        h = nn.silu(group_norm(h, max_groups=self.num_groups, dtype=self.dtype, name="norm_out"))
-        return _conv(out_ch, init_scale=0.0, dtype=self.dtype, name="conv_out")(h)
+        h = nn.silu(group_norm(h, max_groups=self.num_groups, eps=self.norm_eps, dtype=self.dtype, name="norm_out"))
+        out = _conv(out_ch, init_scale=0.0, dtype=self.dtype, name="conv_out")(h)
+        return out.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 under bf16: the loss in float32
 
 
 def ddpm_cifar10(**overrides) -> UNet:

@@ -35,6 +35,7 @@ __all__ = [
     "classifier_model_config",
     "build_schedule",
     "build_model",
+    "check_init_from",
     "build_optimizer",
     "build_lr_schedule",
     "build_data",
@@ -49,6 +50,7 @@ MODELS = ("mlp", "unet", "classifier")
 SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin")
 OBJECTIVES = ("diffusion", "ncsn", "noisy_classifier")
 SPACINGS = ("leading", "linspace", "trailing")
+MODEL_DTYPES = ("float32", "bfloat16")  # model.dtype: the activations (parameters stay float32)
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
@@ -102,12 +104,16 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
 
     `data_shape` is one example's shape ((D,) for toys, (H, W, C) for images); the MLP needs 1-D
     data, the UNet 3-D. learn_sigma = diffusion.var_type in ('learned', 'learned_range').
+    With model.init_from (a diffusers UNet2DModel directory), the UNet of its config.json
+    (`diffax.interop`), after `check_init_from`; model.dropout and model.dtype are the config's.
     """
     name = _choice("model.name", config.model.name, MODELS)
-    fields = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    fields = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "init_from")}
     for k in ("ch_mult", "attn_resolutions"):
         if k in fields:
             fields[k] = tuple(fields[k])
+    if "dtype" in fields:
+        fields["dtype"] = jnp.dtype(_choice("model.dtype", fields["dtype"], MODEL_DTYPES))
     data_shape = tuple(int(d) for d in data_shape)
     if name == "classifier":
         fields.setdefault("num_classes", 10)
@@ -118,7 +124,59 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
         return models.MLP(learn_sigma=_learn_sigma(config), **fields)
     if len(data_shape) != 3:
         raise ValueError(f"model.name='unet' needs image data (H, W, C), got example shape {data_shape}; use 'mlp'")
+    if init_from(config):
+        from diffax.interop import diffusers as hf
+
+        check_init_from(config, data_shape)
+        return hf.unet_from_config(hf.read_unet_config(init_from(config)), dropout=float(config.model.dropout),
+                                   dtype=fields.get("dtype", jnp.float32))  # fmt: skip
     return models.UNet(learn_sigma=_learn_sigma(config), **fields)
+
+
+def init_from(config: ml_collections.ConfigDict) -> str | None:
+    """model.init_from, the diffusers directory whose weights the run starts from (None when unset or '')."""
+    return config.model.get("init_from") or None
+
+
+def _flag_value(v: Any) -> str:
+    return "(" + ",".join(str(x) for x in v) + ",)" if isinstance(v, (tuple, list)) else str(v)
+
+
+def check_init_from(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> None:
+    """Refuses (one-line ValueError) a config that contradicts the diffusers directory of model.init_from.
+
+    The directory decides the architecture and the forward process (`diffax.interop.config_overrides`):
+    every model.* key it decides must be equal; diffusion.* must give the same betas as its scheduler
+    config and the same mean_type; the data must have its image shape; the variance is not learned (the
+    DDPM checkpoints predict eps only; fixed_small / fixed_large and sampling.* are free). The message lists
+    every contradiction and the flags that fix them.
+    """
+    from diffax.interop import diffusers as hf
+
+    path = init_from(config)
+    expected = hf.config_overrides(path)
+    flat = {f"{section}.{k}": v for section in ("model", "diffusion") for k, v in config[section].items()}
+    norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    bad = [k for k, v in expected.items() if k.startswith("model.") and norm(flat.get(k)) != norm(v)]
+    if "diffusion.mean_type" in expected and flat["diffusion.mean_type"] != expected["diffusion.mean_type"]:
+        bad.append("diffusion.mean_type")
+    sched = hf.read_scheduler_config(path)
+    if sched is not None:
+        ours = np.asarray(build_schedule(config).betas, np.float64)
+        if ours.shape != sched.betas.shape or not np.allclose(ours, sched.betas, rtol=1e-6, atol=0.0):
+            bad += [k for k in ("diffusion.schedule", "diffusion.num_timesteps", "diffusion.beta_start",
+                                "diffusion.beta_end") if k in expected]  # fmt: skip
+    problems = [f"{k}={flat.get(k)!r} (checkpoint: {expected[k]!r})" for k in bad]
+    want = hf.image_shape(hf.read_unet_config(path))
+    if tuple(data_shape) != want:
+        problems.append(f"data shape {tuple(data_shape)} (checkpoint: {want}, its sample_size and in_channels)")
+    if _learn_sigma(config):
+        problems.append(f"diffusion.var_type={config.diffusion.var_type!r} (checkpoint: no learned variance; use "
+                        "'fixed_small' or 'fixed_large')")  # fmt: skip
+    if problems:
+        fix = " ".join(f"--config.{k}={_flag_value(expected[k])}" for k in bad)
+        raise ValueError(f"model.init_from={path!r} contradicts the config: {'; '.join(problems)}"
+                         + (f". Set: {fix}" if fix else ""))  # fmt: skip
 
 
 def init_params(model, key: jax.Array, data_shape: tuple[int, ...]):
@@ -404,6 +462,10 @@ class EvalSettings:
     bpd_batch_size: int
     classifier_path: str | None
     fid_num_reference: int
+    inception_weights: str | None = None
+    num_samples: int = 50_000
+    fid_reference: str | None = None
+    fid_batch_size: int = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,6 +511,7 @@ class Experiment:
     eval: EvalSettings
     sampler: Callable[..., tuple[Callable, int | None]]
     make_batches: Callable[[str], Any]
+    init_from: str | None = None  # model.init_from: a diffusers directory, the weights of step 0
 
 
 def as_experiment(exp_or_config: "Experiment | ml_collections.ConfigDict") -> "Experiment":
@@ -522,7 +585,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
             bpd_batch_size=_interval("eval.bpd_batch_size", e.bpd_batch_size),
             classifier_path=e.classifier_path,
             fid_num_reference=_interval("eval.fid_num_reference", e.fid_num_reference, allow_zero=True),
+            inception_weights=e.inception_weights,
+            num_samples=_interval("eval.num_samples", e.num_samples),
+            fid_reference=e.fid_reference,
+            fid_batch_size=_interval("eval.fid_batch_size", e.fid_batch_size),
         ),
         sampler=sampler,
         make_batches=lambda split="train": build_data(config, split=split),
+        init_from=init_from(config),
     )

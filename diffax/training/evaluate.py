@@ -4,8 +4,12 @@ Workdir files written here::
 
     samples.npy   raw samples (N, ...) of the EMA parameters      samples.png   their picture
     eval.json     toy data: distances to held-out data, mode weights (`diffax.evaluation.toys`);
-                  images: sample statistics, test bits/dim, classifier FID (`diffax.evaluation.images`);
+                  images: sample statistics, test bits/dim (over every device), classifier FID
+                  (`diffax.evaluation.images`), and with eval.inception_weights FID / IS / KID of the first
+                  eval.num_samples samples with the FID Inception-v3 (`evaluate_images.inception_eval`:
+                  fid_num_samples, inception_weights_sha256, fid_reference and its source);
                   a noise-aware classifier: its accuracy at several t
+    fid_reference/<data>-<key>.npz   cached Inception statistics of the training split (per images + weights)
 
 Sample i depends only on (seed, i): its noise comes from ``fold_in(key, i)`` and its label is i mod K
 (`builders.per_example_sampler`), so the chunk size (sampling.batch_size) does not change the samples,
@@ -115,7 +119,8 @@ def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) 
     Toy data: `toys.toy_metrics` between the samples (``samples``, or fresh ones from the latest
     checkpoint) and ``eval.num_reference`` held-out points (default: as many as the samples),
     beside the data-vs-held-out baseline; for labelled samples (i mod K) of a mixture, label_accuracy.
-    Images: `image_metrics` and `image_eval_metrics`. A noisy classifier: `classifier_eval`.
+    Images: `image_metrics` and `image_eval_metrics` (bits/dim, classifier FID, Inception FID / IS / KID).
+    A noisy classifier: `classifier_eval`.
     """
     exp = builders.as_experiment(exp_or_config)
     if exp.objective == "noisy_classifier":

@@ -1,8 +1,20 @@
 """Evaluation of image models and noise-aware classifiers for `diffax.training.evaluate` (eval.json's
-image and classifier entries), on a built `Experiment` and the run's EMA parameters."""
+image and classifier entries), on a built `Experiment` and the run's EMA parameters.
+
+Image models (`image_eval_metrics`): test-split bits/dim of the full VLB (eval.bpd_num_examples), classifier
+FID (eval.classifier_path), and FID / Inception Score / KID with the FID Inception-v3 (eval.inception_weights,
+`inception_eval`). The bits/dim and the Inception features are computed on every device of every process
+(`diffax.evaluation.sharded`, over `sharding.make_mesh()`).
+
+Inception reference statistics of the training split are computed once and cached in
+``workdir/fid_reference/<data.name>-<key>.npz`` (key: a hash of the reference images' bytes and of the
+weights file), or read from eval.fid_reference (a pytorch-fid ``.npz`` with ``mu``/``sigma``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from typing import Any
 
@@ -13,11 +25,16 @@ import numpy as np
 from diffax import data as data_lib
 from diffax import diffusion as diffusion_lib
 from diffax.evaluation import images as image_eval
-from diffax.training import builders
+from diffax.evaluation import inception_metrics
+from diffax.evaluation.sharded import sharded_bits_per_dim
+from diffax.training import builders, sampling, sharding
 from diffax.training.restore import read_run_config, restore_params, stream_key
 from diffax.training.train import is_main_process
 
-__all__ = ["image_metrics", "test_split", "image_eval_metrics", "sample_labels", "classifier_eval"]
+__all__ = ["image_metrics", "test_split", "train_split", "image_eval_metrics", "inception_eval", "fid_reference",
+           "fid_reference_path", "sample_labels", "classifier_eval", "FID_REFERENCE_DIR"]  # fmt: skip
+
+FID_REFERENCE_DIR = "fid_reference"  # workdir/fid_reference/<data.name>-<key>.npz: cached Inception statistics
 
 
 def sample_labels(exp: builders.Experiment) -> np.ndarray | None:
@@ -36,6 +53,12 @@ def test_split(exp: builders.Experiment) -> tuple[np.ndarray, np.ndarray | None]
     return data_lib.load_array(d.name, split=split, data_dir=d.data_dir, path=d.path)
 
 
+def train_split(exp: builders.Experiment) -> np.ndarray:
+    """The training images of the run's data set (the FID reference of the papers)."""
+    d = exp.data
+    return data_lib.load_array(d.name, split="train", data_dir=d.data_dir, path=d.path)[0]
+
+
 def image_metrics(samples: np.ndarray) -> dict[str, Any]:
     """Sample statistics of images: per-channel mean and std and the fraction inside [-1, 1]."""
     axes = tuple(range(samples.ndim - 1))
@@ -48,14 +71,16 @@ def image_metrics(samples: np.ndarray) -> dict[str, Any]:
 
 
 def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarray) -> dict[str, Any]:
-    """Test-split bits/dim (eval.bpd_num_examples > 0) and classifier FID (eval.classifier_path set)
-    of an image model, via `diffax.evaluation.images`. A class-conditional model trained with label
-    dropout (p_uncond > 0) is scored unconditionally (null class), one without it on the true labels.
+    """Test-split bits/dim (eval.bpd_num_examples > 0), classifier FID (eval.classifier_path set) and
+    Inception FID / IS / KID (eval.inception_weights set, `inception_eval`) of an image model.
+
+    Bits/dim: `sharded_bits_per_dim` on the first eval.bpd_num_examples test images over every device,
+    image i's noise from fold_in(eval key, i). A class-conditional model trained with label dropout
+    (p_uncond > 0) is scored unconditionally (null class), one without it on the true labels.
     """
     e, out = exp.eval, {}
-    if not (e.bpd_num_examples or e.classifier_path):
-        return out
-    images, labels = test_split(exp)
+    if e.bpd_num_examples or e.classifier_path:
+        images, labels = test_split(exp)
     if e.bpd_num_examples:
         n = min(e.bpd_num_examples, len(images))
         run = restore_params(exp, workdir, purpose="eval")
@@ -65,9 +90,10 @@ def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarr
             y = np.full((n,), exp.num_classes, np.int32) if unconditional else labels[:n]
             out["bpd_conditioning"] = "null_class" if unconditional else "true_labels"
         t0 = time.perf_counter()
-        bpd = image_eval.test_bits_per_dim(
-            exp.model.apply, run.params, exp.schedule, images[:n], stream_key(exp.seed, "eval"), labels=y,
-            batch_size=e.bpd_batch_size, mean_type=exp.mean_type, var_type=exp.var_type, progress=is_main_process(),
+        bpd = sharded_bits_per_dim(
+            exp.model.apply, run.params, exp.schedule, image_eval.to_model_range(images[:n]),
+            stream_key(exp.seed, "eval"), sharding.make_mesh(), labels=y, batch_size=e.bpd_batch_size,
+            mean_type=exp.mean_type, var_type=exp.var_type, progress=is_main_process(),
         )  # fmt: skip
         out.update(test_bpd=bpd["bpd"], test_bpd_stderr=bpd["bpd_stderr"], test_prior_bpd=bpd["prior_bpd"],
                    test_decoder_bpd=bpd["decoder_bpd"], bpd_num_examples=bpd["num_examples"],
@@ -77,7 +103,95 @@ def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarr
         labels_s = sample_labels(exp)
         labels_s = None if labels_s is None else labels_s[: len(samples)]
         out.update(image_eval.classifier_metrics(samples, e.classifier_path, images[:n_ref], sample_labels=labels_s))
+    if e.inception_weights:
+        out.update(inception_eval(exp, workdir, samples))
     return out
+
+
+def _array_sha256(x: np.ndarray) -> str:
+    h = hashlib.sha256(repr((x.shape, str(x.dtype))).encode())
+    h.update(np.ascontiguousarray(x).data)
+    return h.hexdigest()
+
+
+def _all_processes(flag: bool) -> bool:
+    """True when ``flag`` is True on every process (each process may see a shared file system differently)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def fid_reference_path(workdir: str, data_name: str, images: np.ndarray, weights_sha256: str) -> str:
+    """``workdir/fid_reference/<data_name>-<key>.npz``, key a hash of the reference images' bytes and the weights'
+    SHA-256: other images or other weights never reuse a cached reference."""
+    key = sampling.fingerprint(data_name, _array_sha256(images), weights_sha256)
+    return os.path.join(workdir, FID_REFERENCE_DIR, f"{data_name}-{key}.npz")
+
+
+def fid_reference(exp: builders.Experiment, workdir: str, model: Any, variables: Any, weights_sha256: str,
+                  mesh: Any) -> tuple[inception_metrics.Reference, dict[str, Any]]:  # fmt: skip
+    """The Inception `Reference` for FID / KID and how it was obtained (eval.json's ``fid_reference*`` entries).
+
+    eval.fid_reference set: that file (pytorch-fid's ``mu``/``sigma`` .npz; KID only if it has ``features``).
+    Otherwise the first eval.fid_num_reference (0 = all) training images: read from
+    ``workdir/fid_reference/<data.name>-<key>.npz`` when that exists (key: SHA-256 of the images' bytes and of
+    the weights file, so other data or weights never reuse it), else computed over every device and process
+    and written there by process 0.
+    """
+    e, d = exp.eval, exp.data
+    if e.fid_reference:
+        ref = inception_metrics.load_reference(e.fid_reference)
+        return ref, {"fid_reference": os.path.abspath(e.fid_reference), "fid_reference_source": "file",
+                     "fid_num_reference": ref.num_images}  # fmt: skip
+    images = train_split(exp)
+    images = images[: e.fid_num_reference or len(images)]
+    path = fid_reference_path(workdir, d.name, images, weights_sha256)
+    info = {"fid_reference": path, "fid_num_reference": int(len(images))}
+    ref = None
+    if os.path.isfile(path):
+        try:
+            ref = inception_metrics.load_reference(path)
+        except ValueError:  # a damaged cache file: compute it again
+            ref = None
+    if _all_processes(ref is not None and ref.features is not None and ref.num_images == len(images)):
+        return ref, {**info, "fid_reference_source": "cache"}
+    ref = inception_metrics.reference_stats(images, model, variables, mesh, batch_size=e.fid_batch_size,
+                                            progress=is_main_process())  # fmt: skip
+    if is_main_process():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        inception_metrics.save_reference(path, ref, dataset=d.name, split="train", weights_sha256=weights_sha256)
+    return ref, {**info, "fid_reference_source": "computed"}
+
+
+def inception_eval(exp: builders.Experiment, workdir: str, samples: np.ndarray, *, model: Any | None = None,
+                   mesh: Any | None = None) -> dict[str, Any]:  # fmt: skip
+    """FID, Inception Score and KID of the first eval.num_samples samples with the FID Inception-v3 at
+    eval.inception_weights (`diffax.evaluation.inception_metrics.sample_metrics`), against `fid_reference`.
+
+    The samples (floats in [-1, 1]) are quantised to uint8 first (`sampling.to_uint8`, as the PNGs
+    pytorch-fid reads). ``model`` (default ``InceptionV3()``: 299x299, as the papers) and ``mesh`` (default
+    all devices) are for tests. Raises ValueError if fewer than eval.num_samples samples are given.
+    Returns the metrics with fid_num_samples, the weights' path and SHA-256, the reference used and the time.
+    """
+    e = exp.eval
+    if len(samples) < e.num_samples:
+        raise ValueError(f"eval.num_samples={e.num_samples} samples are needed for FID / IS / KID but only "
+                         f"{len(samples)} were drawn (sampling.num_samples={exp.sampling.num_samples}); draw at "
+                         "least as many, or lower eval.num_samples (the papers use 50,000; FID depends on N)"
+                         )  # fmt: skip
+    t0 = time.perf_counter()
+    model, variables = inception_metrics.load_inception(e.inception_weights, model=model)
+    weights_sha256 = inception_metrics.file_sha256(e.inception_weights)
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    reference, info = fid_reference(exp, workdir, model, variables, weights_sha256, mesh)
+    u8 = sampling.to_uint8(np.asarray(samples)[: e.num_samples])
+    result = inception_metrics.sample_metrics(u8, reference, model, variables, mesh, batch_size=e.fid_batch_size,
+                                              kid_seed=exp.seed, progress=is_main_process())  # fmt: skip
+    n = result.pop("num_samples")
+    return {**result, "fid_num_samples": n, "inception_weights": os.path.abspath(e.inception_weights),
+            "inception_weights_sha256": weights_sha256, **info, "inception_seconds": time.perf_counter() - t0}
 
 
 def classifier_eval(exp: builders.Experiment, workdir: str, heldout_seed_offset: int, *,

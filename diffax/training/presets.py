@@ -23,7 +23,7 @@ def mlp_model_config() -> ml_collections.ConfigDict:
     """`diffax.models.MLP`'s fields (learn_sigma is derived from diffusion.var_type)."""
     return ml_collections.ConfigDict(
         dict(name="mlp", hidden=128, num_layers=3, time_embed_dim=64, activation="silu", dropout=0.0,
-             num_classes=config_dict.placeholder(int))  # fmt: skip
+             num_classes=config_dict.placeholder(int), dtype="float32")  # fmt: skip
     )
 
 
@@ -32,7 +32,7 @@ def unet_model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
              resblock_updown=False, use_scale_shift_norm=False, num_heads=1, num_head_channels=-1,
-             num_groups=32, num_classes=config_dict.placeholder(int))  # fmt: skip
+             num_groups=32, num_classes=config_dict.placeholder(int), dtype="float32", init_from="")  # fmt: skip
     )
 
 
@@ -69,6 +69,13 @@ def base_config() -> ml_collections.ConfigDict:
                                data, x_t ~ q(x_t | x_0) with diffusion.*; model.name 'classifier').
     optim.*                    `diffax.training.optim.make_optimizer` (lr, warmup_steps, grad_clip, ...).
     model.*                    model.name ('mlp' | 'unet' | 'classifier') and that model's fields.
+    model.init_from            (unet) a diffusers UNet2DModel directory (`diffax.interop`, e.g. google/ddpm-cifar10-32):
+                               sample / eval use its weights when the workdir has no checkpoint, train starts
+                               from them (params and EMA). The config must agree with it on the architecture
+                               and the schedule (`diffax.interop.config_overrides`); '' = off.
+    model.dtype                'float32' | 'bfloat16' (mlp, unet): the activations' dtype; 'bfloat16' is
+                               mixed precision (parameters, EMA, optimizer state, the time embedding,
+                               GroupNorm statistics, softmax and the loss stay float32).
     diffusion.schedule, num_timesteps   the beta schedule and T.
     diffusion.beta_start, beta_end      linear / quadratic schedules: None = 1e-4 and 0.02 scaled by 1000 / T
                                (improved-diffusion's rule, so x_T is close to N(0, I) at any T); set both
@@ -95,6 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
                                network calls), in batches of eval.bpd_batch_size.
     eval.classifier_path       images: a classifier (.msgpack, `diffax.evaluation.classifier_features`) for the
                                classifier FID of the samples against eval.fid_num_reference test images (0 = all).
+    eval.inception_weights     images: pytorch-fid's FID Inception-v3 weights (.npz of its state dict; .pth with
+                               torch): FID, Inception Score and KID of the first eval.num_samples samples (50,000
+                               as the papers; sampling.num_samples must be at least that), quantised to uint8,
+                               in batches of eval.fid_batch_size over every device (`diffax.evaluation.
+                               inception_metrics`). Reference: eval.fid_reference (a pytorch-fid .npz with mu,
+                               sigma), else the first eval.fid_num_reference (0 = all) training images, computed
+                               once and cached in workdir/fid_reference/ (keyed by the images and weights).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -114,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
                       langevin_eps=2e-5, steps_per_level=100, denoise=True, guidance_w=0.0,
                       classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0)  # fmt: skip
     c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
-                  fid_num_reference=0)  # fmt: skip
+                  fid_num_reference=0, inception_weights=config_dict.placeholder(str), num_samples=50_000,
+                  fid_reference=config_dict.placeholder(str), fid_batch_size=200)  # fmt: skip
     return c
 
 

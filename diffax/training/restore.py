@@ -13,6 +13,7 @@ import os
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from diffax.checkpoint import Checkpointer
@@ -20,7 +21,7 @@ from diffax.training import builders, optim, presets, sharding
 from diffax.training.state import TrainState, create_train_state
 
 __all__ = ["CHECKPOINT_DIR", "STREAMS", "stream_key", "abstract_state", "initial_state", "Run", "restore_ema",
-           "restore_params", "checked_latest_step", "load_run", "read_run_config", "saved_config", "check_compatible", "latest_step"]  # fmt: skip
+           "restore_params", "checked_latest_step", "imported_params", "load_run", "read_run_config", "saved_config", "check_compatible", "latest_step"]  # fmt: skip
 
 CHECKPOINT_DIR = "checkpoints"
 # Streams of randomness derived from the seed (never the same key for two purposes).
@@ -51,13 +52,39 @@ def abstract_state(exp: builders.Experiment, mesh) -> TrainState:
 
 
 def initial_state(exp: builders.Experiment, mesh) -> TrainState:
-    """The step-0 TrainState, built in ONE compiled program and placed replicated over `mesh`."""
+    """The step-0 TrainState, built in ONE compiled program and placed replicated over `mesh`; with
+    model.init_from its params and EMA are the imported weights (`imported_params`)."""
+    if exp.init_from:
+        def init(params) -> TrainState:
+            return create_train_state(params=params, tx=exp.optimizer, rng=stream_key(exp.seed, "state"),
+                                      extra=exp.initial_extra())  # fmt: skip
+
+        return jax.jit(init, out_shardings=sharding.replicated(mesh))(imported_params(exp))
     return jax.jit(_init_fn(exp), out_shardings=sharding.replicated(mesh))()
 
 
 def initial_params(exp: builders.Experiment) -> Any:
     """The step-0 parameters (as `initial_state` makes them)."""
+    if exp.init_from:
+        return jax.tree.map(jnp.asarray, imported_params(exp))
     return jax.jit(lambda: builders.init_params(exp.model, stream_key(exp.seed, "init"), exp.data.shape))()
+
+
+def imported_params(exp: builders.Experiment) -> Any:
+    """The weights of model.init_from (a diffusers UNet2DModel directory) as ``exp.model``'s parameter tree
+    (NumPy float32), every tensor checked by name, shape and value (`diffax.interop.convert_state_dict`)."""
+    from diffax.interop import diffusers as hf
+
+    return hf.convert_state_dict(hf.read_state_dict(exp.init_from), exp.model, exp.data.shape,
+                                 source=hf.weights_file(exp.init_from))  # fmt: skip
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return False
+    with Checkpointer(directory, max_to_keep=1) as ckpt:
+        return ckpt.latest_step() is not None
 
 
 class Run(NamedTuple):
@@ -89,7 +116,10 @@ def _check_run(ckpt: Checkpointer, exp: builders.Experiment, purpose: str) -> No
 
 
 def checked_latest_step(exp: builders.Experiment, workdir: str, *, purpose: str = "eval") -> int:
-    """The latest checkpoint step of the run in ``workdir``, after `check_compatible` with ``exp``."""
+    """The latest checkpoint step of the run in ``workdir``, after `check_compatible` with ``exp``
+    (0 for a workdir without checkpoints when model.init_from gives the weights)."""
+    if exp.init_from and not _has_checkpoint(workdir):
+        return 0
     with Checkpointer(_checkpoint_dir(workdir), max_to_keep=1) as ckpt:
         _check_run(ckpt, exp, purpose)
         step = ckpt.latest_step()
@@ -106,7 +136,10 @@ def restore_params(exp: builders.Experiment, workdir: str, *, debias: bool = Fal
 
     ``debias``: for runs trained without the EMA warm-up (training.ema_warmup=False), remove the
     initialisation's share d^n theta_0 exactly (`diffax.training.optim.debias_ema`).
+    With model.init_from and no checkpoint in ``workdir``: the imported weights, step 0 (`imported_params`).
     """
+    if exp.init_from and not _has_checkpoint(workdir):
+        return Run(exp, jax.tree.map(jnp.asarray, imported_params(exp)), 0)
     mesh = sharding.make_mesh()
     with Checkpointer(_checkpoint_dir(workdir), max_to_keep=exp.train.keep_checkpoints) as ckpt:
         if check:
@@ -124,8 +157,9 @@ def restore_params(exp: builders.Experiment, workdir: str, *, debias: bool = Fal
 # The config sections that define the trained network and its objective: they must match the run's.
 _RUN_SECTIONS = ("model", "diffusion", "data", "ncsn")
 _RUN_KEYS = ("training.objective",)
-# Where the data lives may change between calls; how it was trained with may not (except when sampling).
-_ALWAYS_FREE = ("data.path", "data.data_dir")
+# Where the data lives, and the compute dtype (parameters stay float32 either way), may change between calls;
+# how it was trained with may not (except when sampling).
+_ALWAYS_FREE = ("data.path", "data.data_dir", "model.dtype")
 _FREE_AFTER_TRAINING = ("data.num_train", "data.random_flip", "diffusion.loss_type", "diffusion.lambda_vlb",
                         "diffusion.timestep_sampling")  # fmt: skip
 _FIXED_VARIANCES = ("fixed_small", "fixed_large")
@@ -144,7 +178,7 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 def check_compatible(saved: dict, current: dict, *, purpose: str) -> None:
     """Raises ValueError unless ``current`` describes the same network and objective as the run's ``saved``
     config: every key of model.*, diffusion.*, data.*, ncsn.* and training.objective must be equal, except
-    the data's location, and for ``purpose`` 'sample' / 'eval' the training-only keys (data.num_train,
+    the data's location and model.dtype (activations only: parameters are float32 either way), and for ``purpose`` 'sample' / 'eval' the training-only keys (data.num_train,
     random_flip, diffusion.loss_type, lambda_vlb, timestep_sampling) and a fixed variance
     (diffusion.var_type fixed_small <-> fixed_large, a sampling choice; Ho et al. 2020 sec. 3.2). Keys
     the saved config lacks (runs older than the key) are not compared. One line lists every mismatch."""
