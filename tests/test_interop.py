@@ -106,6 +106,12 @@ def ddim_cifar(loaded):
     """``run(x_T, clip) -> x_0``: diffax's 10-step DDIM (eta = 0, 'leading') on ddpm_cifar10_tiny, compiled
     once for every x_T and both clip settings (the clipping is switched by a traced flag)."""
     module, params, sched, _, _ = loaded["ddpm_cifar10_tiny"]
+    return ddim_10_program(module, params, sched)
+
+
+def ddim_10_program(module, params, sched):
+    """``run(x_T, clip) -> x_0``: 10-step DDIM (eta = 0, 'leading', DDIM's Table 1 setting) of the loaded
+    model, one compiled program for both clip settings (the clipping is switched by a traced flag)."""
     s = sched.schedule()
     model_fn = lambda x, t: module.apply({"params": params}, x, t)  # noqa: E731
 

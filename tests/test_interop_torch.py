@@ -33,6 +33,7 @@ pytest.importorskip("safetensors")
 
 from diffax import samplers, schedules  # noqa: E402
 from diffax.interop import load_diffusers_unet  # noqa: E402
+from test_interop import ddim_10_program  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -72,14 +73,9 @@ def test_full_size_model_and_samplers_equal_diffusers(tmp_path, name):
     eps = np.asarray(apply(params, jnp.asarray(g["x"]), jnp.asarray(g["t"])))
     errs = {int(t): rel_err(eps[i], g["eps"][i]) for i, t in enumerate(g["t"])}
 
+    ddim = ddim_10_program(module, params, sched)
     s = sched.schedule()
     model_fn = lambda x, t: module.apply({"params": params}, x, t)  # noqa: E731
-
-    @jax.jit
-    def ddim(x_T, flag):
-        clip = lambda x0: jnp.where(flag, jnp.clip(x0, -1.0, 1.0), x0)  # noqa: E731
-        return samplers.ddim(model_fn, s, jax.random.PRNGKey(0), x_T.shape, num_steps=10, spacing="leading",
-                             eta=0.0, x_init=x_T, clip_x0=clip)  # fmt: skip
 
     x_T = jnp.asarray(g["ddim_x_T"])
     err_ddim = rel_err(ddim(x_T, False), g["ddim_noclip"])
