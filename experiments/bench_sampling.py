@@ -21,8 +21,9 @@ With ``--unet``: DDPM sampling with configs/cifar10.py's U-Net (`diffax.models.d
 weights) of ``--unet-batch`` images x ``--unet-steps`` steps: compile_s, run_s (median), images_per_s,
 call_ms (one jitted forward of the same batch) and overhead = run / (steps x call) (issue 14's goal:
 <= 1.05; the per-step coefficients and all step keys are computed before the scan).
-With ``--fid``: FID feature extraction (`diffax.models.inception.InceptionV3`, random weights, 299x299
-input) in images/s at ``--fid-batch``.
+With ``--fid``: FID feature extraction in images/s at ``--fid-batch``, through the eval path's own
+`diffax.evaluation.inception_metrics.inception_outputs` (FID Inception-v3 with random weights, 299x299
+input, 'highest' precision, sharded over every device).
 
 Run:  python experiments/bench_sampling.py            # table (batch 256, 1024, 4096)
       python experiments/bench_sampling.py --json     # one JSON object
@@ -216,15 +217,26 @@ def _peak_mib():
 
 
 def bench_fid(*, batch: int, repeats: int, input_size: int = 299) -> dict:
-    """Pool3 features of `batch` 32x32 images (resized to input_size) per call, random Inception weights."""
+    """FID feature extraction as ``--mode=eval`` runs it: `inception_metrics.inception_outputs` on `batch` uint8
+    32x32 images per call (one global batch over every device, 'highest' precision, the moments merged on the
+    host), random Inception weights. compile_s = the first call minus a steady one."""
+    from diffax.evaluation import inception_metrics
     from diffax.models.inception import InceptionV3
+    from diffax.training import sharding
 
     model = InceptionV3(input_size=input_size)
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, 32, 32, 3)), jnp.float32)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
-    feats_c, compile_s = _compile(lambda v, x: model.apply(v, x)[0], variables, x)
-    ms = _interleaved_median_ms(dict(f=lambda: feats_c(variables, x).block_until_ready()), repeats)["f"]
-    return dict(model=f"InceptionV3({input_size}x{input_size})", batch=batch, compile_s=round(compile_s, 2),
+    u8 = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
+    mesh = sharding.make_mesh()
+
+    def features():
+        return inception_metrics.inception_outputs(u8, model, variables, mesh, batch_size=batch, keep_features=False)
+
+    t0 = time.perf_counter()
+    features()
+    first_s = time.perf_counter() - t0
+    ms = _interleaved_median_ms(dict(f=features), repeats)["f"]
+    return dict(model=f"InceptionV3({input_size}x{input_size})", batch=batch, compile_s=round(first_s - ms / 1e3, 2),
                 batch_ms=round(ms, 2), images_per_s=round(batch / (ms / 1e3), 1), device_peak_mib=_peak_mib())  # fmt: skip
 
 

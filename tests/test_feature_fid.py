@@ -22,7 +22,8 @@ BATCH = 32
 @pytest.fixture(scope="module")
 def tiny():
     model = Classifier(num_classes=3, ch=4, ch_mult=(1, 2), num_res_blocks=1)
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, H, H, 1)))
+    # An rbg key: the init compiles ~4x faster than with threefry (any weights serve these checks).
+    params = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, H, H, 1)))
     return model, params
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _processes import cpu_env as _env, free_port as _free_port
 
 from diffax import main as main_lib
-from diffax.training import distributed, presets
+from diffax.training import presets
 
 REPO = Path(__file__).resolve().parent.parent
 OVERRIDES = {"model.num_classes": 3, "model.hidden": 32, "model.num_layers": 2, "training.num_steps": 20,
@@ -43,19 +43,6 @@ def _cli(workdir: Path, *flags: str, **extra) -> list[str]:
     overrides = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
     return [sys.executable, "-m", "diffax.main", "--config=configs/toy2d.py:gmm2d", f"--workdir={workdir}",
             "--mode=sample", *overrides, *flags]  # fmt: skip
-
-
-def _env(num_devices: int = 1) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}", JAX_PLATFORMS="cpu")
-    for k in ("JAX_ENABLE_X64", distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
-        env.pop(k, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
