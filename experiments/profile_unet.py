@@ -155,8 +155,9 @@ def main(argv=None) -> None:
     if a.json:
         print(json.dumps(dict(meta=dict(jax=jax.__version__, backend=jax.default_backend()), **r)))
         return
+    backend = f"jax {jax.__version__} {jax.default_backend()}"
     print(f"{r['case']} batch={r['batch']} ch={r['ch']}: wall {r['wall_ms']} ms, op time {r['op_ms']} ms "
-          f"(summed over threads), compile {r['compile_s']} s, jax {jax.__version__} {jax.default_backend()}")  # fmt: skip
+          f"(summed over threads), compile {r['compile_s']} s, {backend}")
     print(f"{'category':>14} | {'ms':>9} | share")
     for c, v in r["categories"].items():
         print(f"{c:>14} | {v['ms']:9.1f} | {100 * v['share']:5.1f}%")

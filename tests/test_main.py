@@ -160,9 +160,9 @@ def test_two_processes_train_kill_resume_sample_eval_match_one_process(tmp_path)
       - samples.npz: labels equal; samples rtol 1e-4, atol 1e-5 (10 DDIM steps of a network whose weights
         agree to 1e-5);
       - eval.json: the same checkpoint step and sample count, every distance within 1e-4 absolute.
-    The 2-process checkpoint also restores and samples in one process. Controls: the killed run had stopped
-    (no checkpoint at the final step), and the 1-process run's
-    parameters one checkpoint earlier differ from the final ones by far more than the tolerance."""
+    The 2-process checkpoint also restores and samples in one process (rtol 1e-5). Controls: both processes
+    of the first run end by SIGKILL (neither had finished), and the 1-process run's parameters one
+    checkpoint earlier differ from the final ones by far more than the tolerance."""
     import signal
     import time
 
@@ -205,7 +205,8 @@ def test_two_processes_train_kill_resume_sample_eval_match_one_process(tmp_path)
     assert int(a["step"]) == int(b["step"]) == target
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
     earlier = state(one, target - 10)["params"]
     moved = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
                 zip(jax.tree.leaves(earlier), jax.tree.leaves(a["params"])))  # fmt: skip
