@@ -10,8 +10,6 @@ All three are launched together (module fixture) with a timeout, so a hang fails
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _processes import cpu_env as _env, free_port as _free_port
 
 from diffax.training import batch_sharding, distributed, make_mesh, shard_batch
 
@@ -35,22 +34,6 @@ TIMEOUT_S = 180
 # state (incl. Adam moments, whose small entries carry cancellation error) to 1e-5 of that leaf's
 # largest magnitude; integers (step, Adam count, rng) exactly.
 RTOL, ATOL, LEAF_REL = 1e-5, 1e-7, 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(num_devices: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("JAX_ENABLE_X64", None)
-    for k in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
-        env.pop(k, None)
-    return env
 
 
 @pytest.fixture(scope="module")
