@@ -22,6 +22,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from test_image_eval import _linear_eps_model  # eps_hat = c x_t + 0.01 y: one stand-in for both files
 
 from diffax.evaluation import inception_metrics as im
 from diffax.evaluation import metrics
@@ -40,13 +41,6 @@ def _mock_images(n: int, seed: int) -> np.ndarray:
 
 
 REFERENCE, SAMPLES = _mock_images(20, 0), _mock_images(16, 1)
-
-
-def _linear_eps_model(variables, x_t, t, y=None, train=False):
-    out = variables["params"]["c"] * x_t
-    if y is not None:
-        out = out + 0.01 * y.astype(x_t.dtype).reshape((-1,) + (1,) * (x_t.ndim - 1))
-    return out
 
 
 def _bpd_inputs():

@@ -26,7 +26,7 @@ from diffax.evaluation.batching import pad_to
 from diffax.schedules import Schedule
 
 __all__ = ["row_sharding", "replicated", "global_batch_size", "put_rows", "replicate", "gather_rows",
-           "sharded_bits_per_dim"]  # fmt: skip
+           "all_processes", "sharded_bits_per_dim"]  # fmt: skip
 
 
 def row_sharding(mesh: Mesh) -> NamedSharding:
@@ -65,6 +65,13 @@ def gather_rows(x: jax.Array) -> np.ndarray:
     if jax.process_count() == 1 or x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def all_processes(flag: bool) -> bool:
+    """True when ``flag`` is True on every process (each process may see a shared file system differently)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 @functools.lru_cache(maxsize=16)

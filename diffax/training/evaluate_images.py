@@ -26,7 +26,7 @@ from diffax import data as data_lib
 from diffax import diffusion as diffusion_lib
 from diffax.evaluation import images as image_eval
 from diffax.evaluation import inception_metrics
-from diffax.evaluation.sharded import sharded_bits_per_dim
+from diffax.evaluation.sharded import all_processes, sharded_bits_per_dim
 from diffax.training import builders, sampling, sharding
 from diffax.training.restore import read_run_config, restore_params, stream_key
 from diffax.training.train import is_main_process
@@ -114,15 +114,6 @@ def _array_sha256(x: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _all_processes(flag: bool) -> bool:
-    """True when ``flag`` is True on every process (each process may see a shared file system differently)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
-
-
 def fid_reference_path(workdir: str, data_name: str, images: np.ndarray, weights_sha256: str) -> str:
     """``workdir/fid_reference/<data_name>-<key>.npz``, key a hash of the reference images' bytes and the weights'
     SHA-256: other images or other weights never reuse a cached reference."""
@@ -155,7 +146,7 @@ def fid_reference(exp: builders.Experiment, workdir: str, model: Any, variables:
             ref = inception_metrics.load_reference(path)
         except ValueError:  # a damaged cache file: compute it again
             ref = None
-    if _all_processes(ref is not None and ref.features is not None and ref.num_images == len(images)):
+    if all_processes(ref is not None and ref.features is not None and ref.num_images == len(images)):
         return ref, {**info, "fid_reference_source": "cache"}
     ref = inception_metrics.reference_stats(images, model, variables, mesh, batch_size=e.fid_batch_size,
                                             progress=is_main_process())  # fmt: skip

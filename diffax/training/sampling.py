@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
+from diffax.evaluation.sharded import all_processes, gather_rows
 from diffax.training import sharding
 
 __all__ = ["fingerprint", "draw_samples", "to_uint8"]
@@ -61,12 +61,6 @@ def _sharded(sample_fn: Callable, mesh) -> Callable:
     return jax.jit(sample_fn, in_shardings=(rep, rep, data), out_shardings=data)
 
 
-def _gather(x: jax.Array) -> np.ndarray:
-    if jax.process_count() == 1:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def draw_samples(
     sample_fn: Callable[[Any, jax.Array, jax.Array], jax.Array],
     params: Any,
@@ -101,16 +95,15 @@ def draw_samples(
             m = min(chunk, num_samples - lo)
             path = None if parts_dir is None else os.path.join(parts_dir, f"part-{j:05d}.npz")
             done = None if path is None else _read_part(path, fp, m)
-            if jax.process_count() > 1 and path is not None:  # every process must agree to skip
-                done_all = multihost_utils.process_allgather(np.asarray(done is not None))
-                done = done if bool(np.all(done_all)) else None
+            if path is not None and not all_processes(done is not None):  # every process must agree to skip
+                done = None
             if done is None:
                 indices = np.arange(lo, lo + chunk, dtype=np.int32) % num_samples  # padding: repeats, trimmed
                 local = indices[lo_local : lo_local + per_process]
                 global_indices = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), local,
                                                                         (chunk,))  # fmt: skip
                 try:
-                    done = _gather(fn(params, key, global_indices))[:m]
+                    done = gather_rows(fn(params, key, global_indices))[:m]
                 except Exception as e:  # noqa: BLE001  (XLA reports OOM as XlaRuntimeError)
                     if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
                         raise MemoryError(f"out of memory drawing {chunk} samples at once: set sampling.batch_size "
