@@ -4,8 +4,7 @@ One call of the compiled program is traced with ``jax.profiler`` (Perfetto trace
 (``<instruction>.<n>``, e.g. ``ynn_fusion.12``) is mapped to its HLO instruction in ``compiled.as_text()``
 and classified by what it (or the computation it calls, recursively) contains, first match wins:
   convolution   a ``convolution`` (XLA CPU hands these to YNNPACK fusions)
-  dot           a ``dot`` (matmuls: attention, denses, 1x1 convolutions and, in the train step, the 3x3
-                kernel gradients written as shifted matmuls by `diffax.models.layers`)
+  dot           a ``dot`` (matmuls: attention, denses, 1x1 convolutions)
   reduction     ``reduce`` / ``reduce-window`` (GroupNorm statistics, softmax, the loss)
   rng           an rng-bit-generator op (threefry, JAX's default, is integer arithmetic: elementwise)
   data movement ``copy`` / ``transpose`` / ``concatenate`` / ``pad`` / ``slice`` / ``dynamic-slice``

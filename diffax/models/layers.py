@@ -15,15 +15,12 @@ Models know nothing of diffusion: ``t`` is only a number to embed.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 Array = jax.Array
 
@@ -114,9 +111,9 @@ class Conv1x1(nn.Module):
     The parameters are those of ``nn.Conv(features, (1, 1))`` (kernel (1, 1, C_in, C_out), bias; same
     names, shapes, initializers and hence the same initial values), so checkpoints and weight loaders
     see no difference, and the forward is bitwise the convolution's on XLA CPU. Why: XLA's CPU backend
-    lowers the *kernel gradient* of a 1x1 convolution to a convolution with a 32x32 window that ran
-    6x slower than the equivalent matmul (1547 vs 256 ms at 8x32x32x384 -> 128; 9% of the CIFAR-10
-    train step), see docs/performance.md.
+    lowers the *kernel gradient* of a 1x1 convolution to a convolution with an H x W window, slower than
+    the equivalent matmul (whole CIFAR-10 train step at batch 8: 2754 vs 2956 ms median, see
+    docs/performance.md).
     """
 
     features: int
@@ -132,72 +129,12 @@ class Conv1x1(nn.Module):
         return jnp.einsum("...c,co->...o", x, kernel[0, 0]) + bias
 
 
-def _shifted_matmul_conv(x: Array, k: Array) -> Array:
-    """A stride-1 'SAME' NHWC/HWIO convolution written as kh*kw shifted matmuls:
-
-        y[b, h, w, o] = sum_{i, j} sum_c xpad[b, h + i, w + j, c] k[i, j, c, o].
-
-    Linear in k; its transpose (the kernel gradient) is kh*kw matmuls
-    dk[i, j] = sum_{b, h, w} xpad[b, h + i, w + j, :]^T g[b, h, w, :].
-    """
-    kh, kw = k.shape[:2]
-    hh, ww = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-    terms = [jnp.einsum("bhwc,co->bhwo", xp[:, i:i + hh, j:j + ww, :], k[i, j]) for i in range(kh) for j in range(kw)]
-    return sum(terms[1:], terms[0])
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _conv_matmul_kernel_tangent(x: Array, k: Array, conv: Callable) -> Array:
-    return conv(x, k)
-
-
-def _conv_jvp(conv, primals, tangents):
-    (x, k), (dx, dk) = primals, tangents
-    y = conv(x, k)
-    dy = jnp.zeros_like(y)
-    if not isinstance(dx, SymbolicZero):
-        dy = dy + conv(dx, k)
-    if not isinstance(dk, SymbolicZero):
-        dy = dy + _shifted_matmul_conv(x, dk).astype(y.dtype)
-    return y, dy
-
-
-_conv_matmul_kernel_tangent.defjvp(_conv_jvp, symbolic_zeros=True)
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kw) -> Array:
-    """``lax.conv_general_dilated`` (the same forward, bitwise) whose kernel gradient on CPU is computed by
-    matmuls (`_shifted_matmul_conv`'s transpose) instead of XLA's kernel-gradient convolution.
-
-    Only for what the U-Net uses (2-D, stride 1, 'SAME', no dilation or groups); otherwise, and on GPU/TPU
-    (where cuDNN/XLA's own kernel gradient is the fast one), it is ``lax.conv_general_dilated`` itself.
-    Why: on XLA CPU the kernel gradient of a 3x3 convolution ran ~3x slower per FLOP than the forward
-    (47% of the CIFAR-10 train step); with matmuls the conv's gradient is 1.65x faster, the input
-    gradient is bitwise unchanged and the kernel gradient agrees to float rounding (docs/performance.md).
-    Forward-mode (jvp) works in x and in the kernel.
-    """
-    conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                             feature_group_count=feature_group_count, precision=precision, **kw)  # fmt: skip
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    simple = (
-        jax.default_backend() == "cpu" and lhs.ndim == 4 and tuple(window_strides) == (1, 1) and padding == "SAME"
-        and feature_group_count == 1 and not kw
-        and all(d is None or all(v == 1 for v in d) for d in (lhs_dilation, rhs_dilation))
-        and dimension_numbers == nhwc
-    )  # fmt: skip
-    return _conv_matmul_kernel_tangent(lhs, rhs, conv) if simple else conv(lhs, rhs)
-
-
 def _conv(features: int, kernel: int = 3, *, stride: int = 1, init_scale: float = 1.0, dtype=jnp.float32,
           name: str | None = None) -> nn.Module:
     if kernel == 1 and stride == 1:
         return Conv1x1(features, kernel_init=default_init(init_scale), dtype=dtype, name=name)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                   kernel_init=default_init(init_scale), dtype=dtype, name=name,
-                   conv_general_dilated=conv_general_dilated)
+                   kernel_init=default_init(init_scale), dtype=dtype, name=name)
 
 
 def _dense(features: int, *, init_scale: float = 1.0, dtype=jnp.float32, name: str | None = None) -> nn.Dense:
