@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _compile import jit_once
 from diffax import feature_fid, metrics
 from diffax.models import Classifier
 
@@ -23,7 +24,7 @@ BATCH = 32
 def tiny():
     model = Classifier(num_classes=3, ch=4, ch_mult=(1, 2), num_res_blocks=1)
     # An rbg key: the init compiles ~4x faster than with threefry (any weights serve these checks).
-    params = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, H, H, 1)))
+    params = jit_once(model.init, jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, H, H, 1)))
     return model, params
 
 

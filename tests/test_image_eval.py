@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _compile import jit_once
 from diffax import feature_fid, likelihood, schedules
 from diffax.models import Classifier
 from diffax.training import image_eval, plots
@@ -118,7 +119,7 @@ def test_bits_per_dim_rejects_bad_input():
 def classifier_file(tmp_path_factory):
     model = Classifier(num_classes=3, ch=4, ch_mult=(1, 2), num_res_blocks=1)
     # An rbg key: the init compiles ~4x faster than with threefry (any weights serve these checks).
-    params = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, H, H, 1)))
+    params = jit_once(model.init, jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((1, H, H, 1)))
     path = tmp_path_factory.mktemp("clf") / "classifier.msgpack"
     feature_fid.save_classifier(path, model, params)
     return str(path), model, params
@@ -177,7 +178,7 @@ def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     # A 28x28 classifier (the 8x8 fixture's weights do not fit 28x28 inputs: build one here).
     model = Classifier(num_classes=10, ch=4, ch_mult=(1, 2), num_res_blocks=1)
     # An rbg key: the init compiles ~4x faster than with threefry (any weights serve these checks).
-    params = jax.jit(model.init)(jax.random.key(1, impl="unsafe_rbg"), jnp.zeros((1, 28, 28, 1)))
+    params = jit_once(model.init, jax.random.key(1, impl="unsafe_rbg"), jnp.zeros((1, 28, 28, 1)))
     clf = tmp_path / "clf.msgpack"
     feature_fid.save_classifier(clf, model, params)
     config.eval.classifier_path = str(clf)
@@ -210,3 +211,22 @@ def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     # mean 1, std sqrt(2/6272) = 0.018; 0.09 is 5 sigma.
     assert [r["step"] for r in rec] == [1, 2] and abs(rec[0]["loss"] - 1.0) < 0.09
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "config.json"]
+    # --mode=eval alone (samples regenerated from the kept parts): the EMA parameters are restored ONCE for
+    # the samples and the bits/dim (one checkpoint for both), and eval.json is the same.
+    from diffax.training import evaluate, evaluate_images
+
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(kw.get("purpose", "sample"))
+        return restore.restore_params(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluate, "restore_params", counted)
+        mp.setattr(evaluate_images, "restore_params", counted)
+        with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+            main_lib.run(config, str(tmp_path), ["eval"])
+    assert calls == ["eval"], calls
+    again = json.loads((tmp_path / "eval.json").read_text())
+    for k in ("test_bpd", "classifier_fid", "checkpoint_step", "num_fid_samples"):
+        assert again[k] == result[k], k

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _compile import jit_once
 from diffax.models import MLP, AttnBlock, Classifier, UNet, ddpm_256, ddpm_cifar10, timestep_embedding
 from diffax.models.layers import num_groups_for
 
@@ -257,7 +258,7 @@ def test_mlp_time_conditioning_float_t_and_learn_sigma():
     model = MLP(hidden=32, num_layers=2, learn_sigma=True)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2)), jnp.float32)
     t_int = jnp.array([0, 10, 500, 999], jnp.int32)
-    params = jax.jit(model.init)(_fast_key(1), x, t_int)
+    params = jit_once(model.init, _fast_key(1), x, t_int)
     apply = jax.jit(model.apply)
     out_int = apply(params, x, t_int)
     out_float = apply(params, x, t_int.astype(jnp.float32))
@@ -272,7 +273,7 @@ def test_mlp_without_t_is_a_per_example_function():
     # output row depends only on its own input row (vmap over single examples gives the batch result).
     model = MLP(hidden=32, num_layers=2, activation="softplus")
     x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3)), jnp.float32)
-    params = jax.jit(model.init)(_fast_key(1), x)
+    params = jit_once(model.init, _fast_key(1), x)
     assert not any("temb" in k for k in params["params"])
     batched, single = jax.jit(lambda p: (model.apply(p, x), jax.vmap(lambda xi: model.apply(p, xi[None])[0])(x)))(params)
     assert batched.shape == (5, 3)
@@ -282,7 +283,7 @@ def test_mlp_without_t_is_a_per_example_function():
 def test_mlp_class_conditional_null_label():
     model = MLP(hidden=16, num_layers=1, num_classes=2)
     x, t = jnp.ones((2, 2)), jnp.array([1, 2])
-    params = jax.jit(model.init)(_fast_key(0), x, t)
+    params = jit_once(model.init, _fast_key(0), x, t)
     assert params["params"]["label_emb"]["embedding"].shape == (3, 16)
     none, null, real = jax.jit(lambda p: (model.apply(p, x, t), model.apply(p, x, t, jnp.array([2, 2])),
                                           model.apply(p, x, t, jnp.array([0, 0]))))(params)
@@ -311,7 +312,7 @@ def test_classifier_vector_logits_are_linear_in_features_and_depend_on_t():
     model = Classifier(num_classes=4, hidden=32, num_layers=2, time_conditional=True)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 2)), jnp.float32)
     t = jnp.array([0, 100, 200, 300, 999])
-    params = jax.jit(model.init)(_fast_key(1), x, t)
+    params = jit_once(model.init, _fast_key(1), x, t)
     apply = jax.jit(model.apply, static_argnames=("return_features",))
     logits, feats = apply(params, x, t, return_features=True)
     assert logits.shape == (5, 4) and feats.shape == (5, 32)

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from _compile import jit_once
 from diffax import diffusion, guidance, samplers, schedules
 from diffax import main as main_lib
 from diffax.models import MLP, Classifier
@@ -36,7 +37,7 @@ def test_noisy_classifier_loss_is_cross_entropy_on_q_sample():
     model = Classifier(num_classes=3, hidden=16, num_layers=1, time_conditional=True)
     x = jnp.linspace(-1, 1, 24).reshape(12, 2)
     y = jnp.arange(12, dtype=jnp.int32) % 3
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros(12, jnp.int32))["params"]
+    params = jit_once(model.init, jax.random.PRNGKey(0), x, jnp.zeros(12, jnp.int32))["params"]
     fn = step.noisy_classifier_loss_fn(model.apply, s)
     key = jax.random.PRNGKey(5)
     loss, metrics = fn(params, key, {"x": x, "y": y}, False)
@@ -61,9 +62,8 @@ def _toy_config(**sampling):
 
 def _perturbed(params, scale=0.05):
     """params + scale * N(0, 1) per leaf: a network whose (zero-initialised) output layer is not zero."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
-    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    rng = np.random.default_rng(9)  # NumPy: no compile per leaf shape (eager jax.random would compile each)
+    return jax.tree.map(lambda p: p + (scale * rng.standard_normal(p.shape)).astype(np.float32), params)
 
 
 def test_build_sampler_classifier_free_guidance_equals_manual_composition():
@@ -98,7 +98,7 @@ def test_build_sampler_classifier_guidance_equals_manual_composition():
     s = builders.build_schedule(config)
     params = _perturbed(builders.init_params(model, jax.random.PRNGKey(0), (2,)))
     clf = Classifier(num_classes=3, hidden=16, num_layers=1, time_conditional=True)
-    clf_params = jax.jit(clf.init)(jax.random.PRNGKey(2), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))["params"]
+    clf_params = jit_once(clf.init, jax.random.PRNGKey(2), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))["params"]
     key = jax.random.PRNGKey(1)
     sampler = builders.build_sampler(config, model, s, (2,), classifier=(clf, clf_params))
     got = jax.jit(sampler, static_argnums=2)(params, key, 6)
@@ -185,7 +185,8 @@ def test_build_sampler_classifier_guidance_passes_mean_type(mean_type):
     s = builders.build_schedule(config)
     params = _perturbed(builders.init_params(model, jax.random.PRNGKey(0), (2,)))
     clf = Classifier(num_classes=3, hidden=16, num_layers=1, time_conditional=True)
-    clf_params = _perturbed(jax.jit(clf.init)(jax.random.PRNGKey(2), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))["params"], 0.5)
+    clf_params = jit_once(clf.init, jax.random.PRNGKey(2), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))["params"]
+    clf_params = _perturbed(clf_params, 0.5)
     key = jax.random.PRNGKey(1)
     got = jax.jit(builders.build_sampler(config, model, s, (2,), classifier=(clf, clf_params)), static_argnums=2)(
         params, key, 6)

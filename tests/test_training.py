@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from _compile import jit_once
 from diffax import oracles, schedules
 from diffax.models import MLP
 from diffax.training import (
@@ -179,7 +180,7 @@ def toy():
     schedule = schedules.cosine(100)
     gmm = oracles.seed_mixture_1d()
     model = MLP(hidden=32, num_layers=2, time_embed_dim=16)
-    params = jax.jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((1, 1)), jnp.zeros(1, jnp.int32))["params"]
+    params = jit_once(model.init, jax.random.PRNGKey(1), jnp.zeros((1, 1)), jnp.zeros(1, jnp.int32))["params"]
     tx = make_optimizer(lr=3e-3, warmup_steps=10)
     loss_fn = diffusion_loss_fn(model.apply, schedule)
     traces = []
@@ -264,7 +265,7 @@ def test_cfg_training_with_p_uncond_one_equals_null_labels():
     model = MLP(hidden=8, num_layers=1, num_classes=k, time_embed_dim=8)
     x = jnp.linspace(-2.0, 2.0, 16).reshape(16, 1)
     y = jnp.arange(16, dtype=jnp.int32) % k
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros(16, jnp.int32), y)["params"]
+    params = jit_once(model.init, jax.random.PRNGKey(0), x, jnp.zeros(16, jnp.int32), y)["params"]
     schedule = schedules.linear(50)
     key = jax.random.PRNGKey(1)
     always, never = (
@@ -282,7 +283,7 @@ def test_hybrid_metrics_are_consistent():
     Dhariwal 2021, eq. 16), float32 rounding: rtol 1e-5."""
     model = MLP(hidden=8, num_layers=1, time_embed_dim=8, learn_sigma=True)
     x = jnp.linspace(-1.0, 1.0, 32).reshape(32, 1)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros(32, jnp.int32))["params"]
+    params = jit_once(model.init, jax.random.PRNGKey(0), x, jnp.zeros(32, jnp.int32))["params"]
     schedule = schedules.linear(50)
     fn = diffusion_loss_fn(model.apply, schedule, loss_type="hybrid", var_type="learned_range", lambda_vlb=0.001)
     loss, metrics = jax.jit(fn, static_argnums=3)(params, jax.random.PRNGKey(1), {"x": x}, True)
@@ -324,7 +325,7 @@ def test_dsm_loss_fn_at_the_exact_score():
 def _is_setup(num_t=20, batch=16):
     model = MLP(hidden=16, num_layers=1, time_embed_dim=8, learn_sigma=True)
     x = jnp.linspace(-1.0, 1.0, batch).reshape(batch, 1)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros(batch, jnp.int32))["params"]
+    params = jit_once(model.init, jax.random.PRNGKey(0), x, jnp.zeros(batch, jnp.int32))["params"]
     schedule = schedules.linear(num_t, 1e-4, 0.02)
     loss_fn = diffusion_loss_fn(model.apply, schedule, loss_type="hybrid", var_type="learned_range")
     # A warm, strongly skewed history: L_t = (t + 1)^2 / 100 (p_t ∝ (t + 1)^2).

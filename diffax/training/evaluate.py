@@ -28,7 +28,7 @@ import numpy as np
 from diffax import data as data_lib
 from diffax.evaluation import toys
 from diffax.training import builders, plots, sampling
-from diffax.training.restore import checked_latest_step, restore_ema, restore_params, stream_key
+from diffax.training.restore import Run, checked_latest_step, restore_ema, restore_params, stream_key
 from diffax.training.evaluate_images import classifier_eval, image_eval_metrics, image_metrics, sample_labels
 from diffax.training.train import all_finite, is_main_process
 
@@ -55,13 +55,14 @@ def guidance_classifier(exp: builders.Experiment) -> tuple[Any, Any] | None:
     return run.experiment.model, run.params
 
 
-def generate(exp_or_config, workdir: str) -> tuple[np.ndarray, int]:
+def generate(exp_or_config, workdir: str, *, run: Run | None = None) -> tuple[np.ndarray, int]:
     """(sampling.num_samples samples of the newest intact checkpoint's EMA parameters, its step), drawn in
     chunks of sampling.batch_size over every device and process (`sampling.draw_samples`); finished chunks
     are kept in ``workdir/samples/`` and reused by a restarted or repeated call with the same settings.
+    ``run``: parameters already restored (`restore_params`) to sample instead of restoring them here.
     Raises FloatingPointError on non-finite parameters or samples (nothing is written then)."""
     exp = builders.as_experiment(exp_or_config)
-    run = restore_params(exp, workdir)
+    run = restore_params(exp, workdir) if run is None else run
     if not bool(all_finite(run.params)):
         raise FloatingPointError(f"the EMA parameters of checkpoint {run.step} in {workdir} are not finite")
     sample_labeled, num_labels = exp.sampler(guidance_classifier(exp))
@@ -125,10 +126,15 @@ def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) 
     exp = builders.as_experiment(exp_or_config)
     if exp.objective == "noisy_classifier":
         return _write_eval(workdir, classifier_eval(exp, workdir, HELDOUT_SEED_OFFSET))
+    # Image models restore the EMA parameters once, for the samples and the bits/dim alike: both then come
+    # from the same checkpoint even if a trainer writes a newer one meanwhile.
+    run = None
+    if not exp.data.is_toy and (samples is None or exp.eval.bpd_num_examples):
+        run = restore_params(exp, workdir, purpose="eval")
     if samples is None:
-        samples, step = generate(exp, workdir)
+        samples, step = generate(exp, workdir, run=run)
     else:
-        step = checked_latest_step(exp, workdir)
+        step = checked_latest_step(exp, workdir) if run is None else run.step
     samples = np.asarray(samples, np.float64)
     if exp.data.is_toy:
         heldout = _reference_data(exp, exp.eval.num_reference or len(samples), HELDOUT_SEED_OFFSET)
@@ -138,7 +144,7 @@ def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) 
                                   labels=None if labels is None else labels[: len(samples)])  # fmt: skip
     else:
         result = image_metrics(samples)
-        result.update(image_eval_metrics(exp, workdir, samples))
+        result.update(image_eval_metrics(exp, workdir, samples, run=run))
     return _write_eval(workdir, {"data": exp.data.name, "checkpoint_step": step, **result})
 
 

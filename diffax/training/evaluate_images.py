@@ -28,7 +28,7 @@ from diffax.evaluation import images as image_eval
 from diffax.evaluation import inception_metrics
 from diffax.evaluation.sharded import all_processes, sharded_bits_per_dim
 from diffax.training import builders, sampling, sharding
-from diffax.training.restore import read_run_config, restore_params, stream_key
+from diffax.training.restore import Run, read_run_config, restore_params, stream_key
 from diffax.training.train import is_main_process
 
 __all__ = ["image_metrics", "test_split", "train_split", "image_eval_metrics", "inception_eval", "fid_reference",
@@ -70,20 +70,22 @@ def image_metrics(samples: np.ndarray) -> dict[str, Any]:
     }
 
 
-def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarray) -> dict[str, Any]:
+def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarray, *,
+                       run: Run | None = None) -> dict[str, Any]:
     """Test-split bits/dim (eval.bpd_num_examples > 0), classifier FID (eval.classifier_path set) and
     Inception FID / IS / KID (eval.inception_weights set, `inception_eval`) of an image model.
 
     Bits/dim: `sharded_bits_per_dim` on the first eval.bpd_num_examples test images over every device,
     image i's noise from fold_in(eval key, i). A class-conditional model trained with label dropout
     (p_uncond > 0) is scored unconditionally (null class), one without it on the true labels.
+    ``run``: the restored parameters to score (default: the newest intact checkpoint's EMA parameters).
     """
     e, out = exp.eval, {}
     if e.bpd_num_examples or e.classifier_path:
         images, labels = test_split(exp)
     if e.bpd_num_examples:
         n = min(e.bpd_num_examples, len(images))
-        run = restore_params(exp, workdir, purpose="eval")
+        run = restore_params(exp, workdir, purpose="eval") if run is None else run
         y = None
         if exp.num_classes is not None:
             unconditional = exp.p_uncond > 0 or labels is None
