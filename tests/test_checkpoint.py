@@ -86,14 +86,24 @@ def test_resume_in_new_process_is_bitwise_identical(tmp_path):
 
 
 _CRASH_SCRIPT = r"""
-import os, sys
+import os, sys, time
 import jax.numpy as jnp
 from diffax.checkpoint import Checkpointer
 c = Checkpointer(sys.argv[1], max_to_keep=3)
 c.save(1, {"w": jnp.full((4_000_000,), 1.0)}, data_state={"epoch": 0, "position": 1})
 c.wait()
 c.save(2, {"w": jnp.full((4_000_000,), 2.0)}, data_state={"epoch": 0, "position": 2})  # async: returns at once
-os._exit(17)  # killed mid-save: no finalize
+# Die once the save has started writing (its temporary directory exists) and before it is finalized; exiting
+# right after save() could come before the background thread made the directory at all (not a torn save).
+deadline = time.time() + 120
+while time.time() < deadline:
+    names = os.listdir(sys.argv[1])
+    if "2" in names:
+        os._exit(18)  # finalized before we saw it start: no torn save to test
+    if any(n.startswith("2") and "tmp" in n for n in names):
+        os._exit(17)  # killed mid-save: no finalize
+    time.sleep(0.0005)
+os._exit(19)
 """
 
 
