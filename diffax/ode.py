@@ -82,7 +82,6 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -305,6 +304,8 @@ def _check_tols(rtol, atol, t_eps) -> None:
 
 
 def _solver(name: str):
+    import diffrax  # imported where used: it (with equinox) adds ~0.5 s to every `import diffax`
+
     check_choice("solver", name, SOLVERS)
     return diffrax.Tsit5() if name == "tsit5" else diffrax.Dopri5()
 
@@ -351,6 +352,8 @@ def _time_endpoint(sde: ContinuousVP, tau: float, time_variable: str) -> Array:
 
 def _diffeqsolve(vector_field, y0, t0, t1, *, rtol, atol, solver, max_steps):
     """One adaptive solve from t0 to t1 (either direction); returns (y(t1), nfe)."""
+    import diffrax
+
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         _solver(solver),
