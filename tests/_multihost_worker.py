@@ -36,7 +36,8 @@ def setup():
         "x": rng.normal(size=(GLOBAL_BATCH, 2)).astype(np.float32),
         "y": rng.integers(0, NUM_CLASSES, size=(GLOBAL_BATCH,)).astype(np.int32),
     }
-    params = model.init(jax.random.PRNGKey(1), batch["x"], np.zeros(GLOBAL_BATCH, np.int32), batch["y"])["params"]
+    init = jax.jit(model.init)  # one program instead of one eagerly compiled op per init step
+    params = init(jax.random.PRNGKey(1), batch["x"], np.zeros(GLOBAL_BATCH, np.int32), batch["y"])["params"]
     tx = make_optimizer(lr=1e-3, warmup_steps=0)
     loss_fn = diffusion_loss_fn(model.apply, schedule, p_uncond=0.25, num_classes=NUM_CLASSES)
     train_step = make_train_step(loss_fn, tx, ema_decay=0.9)

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import pytest
 
+from _compile import jit_once
 from diffax import schedules
 from diffax.models import MLP, ddpm_cifar10
 from diffax.training import create_train_state, diffusion_loss_fn, make_train_step
@@ -111,7 +112,8 @@ def test_bf16_unet_output_close_to_float32_on_cifar10_architecture():
 
 
 def _state_and_step(model, x, tx, params=None):
-    params = model.init(jax.random.PRNGKey(0), x, jnp.zeros(x.shape[0], jnp.int32))["params"] if params is None else params
+    if params is None:
+        params = jit_once(model.init, jax.random.PRNGKey(0), x, jnp.zeros(x.shape[0], jnp.int32))["params"]
     step = make_train_step(diffusion_loss_fn(model.apply, schedules.linear(1000)), tx, ema_decay=0.99)
     return create_train_state(params=params, tx=tx, rng=jax.random.PRNGKey(1)), step
 
@@ -148,7 +150,7 @@ def test_bf16_train_step_runs_in_float32_state_and_loss():
     """
     x = jnp.asarray(np.random.default_rng(0).standard_normal((64, 2)), jnp.float32)
     tx = optax.adam(1e-3)
-    params = MLP(hidden=32, num_layers=2).init(jax.random.PRNGKey(0), x, jnp.zeros(64, jnp.int32))["params"]
+    params = jit_once(MLP(hidden=32, num_layers=2).init, jax.random.PRNGKey(0), x, jnp.zeros(64, jnp.int32))["params"]
     params = dict(params, dense_out=dict(params["dense_out"], kernel=jnp.zeros_like(params["dense_out"]["kernel"])))
     out = {}
     for dtype in (F32, BF16):
@@ -167,7 +169,7 @@ def test_mlp_dtype_default_unchanged_and_bf16_close():
     within 2% (relative L2) of float32 on a 3-layer, 64-wide network (measured ~0.3%)."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 2)), jnp.float32)
     t = jnp.arange(16) * 60
-    params = MLP(hidden=64, num_layers=3).init(jax.random.PRNGKey(0), x, t)
+    params = jit_once(MLP(hidden=64, num_layers=3).init, jax.random.PRNGKey(0), x, t)
     o32 = MLP(hidden=64, num_layers=3).apply(params, x, t)
     o16 = MLP(hidden=64, num_layers=3, dtype="bfloat16").apply(params, x, t)
     assert o32.dtype == F32 and o16.dtype == F32
