@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from _processes import cpu_env
+
 from diffax.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,15 +35,9 @@ TINY = [
 ]
 
 
-def _env() -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
 def _main(workdir, *flags, wait=True):
     cmd = [sys.executable, "-m", "diffax.main", f"--workdir={workdir}", *TINY, *flags]
-    p = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return _finish(p) if wait else p
 
 
@@ -109,7 +105,7 @@ os._exit(19)
 
 def test_crash_during_save_leaves_previous_checkpoint_restorable(tmp_path):
     d = tmp_path / "ckpt"
-    p = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, str(d)], env=_env(), capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, str(d)], env=cpu_env(), capture_output=True, text=True,
                        timeout=300)  # fmt: skip
     assert p.returncode == 17, p.stderr[-2000:]
     leftovers = [n for n in os.listdir(d) if n.startswith("2") and "tmp" in n]
@@ -466,7 +462,7 @@ def test_kill_9_during_saves_leaves_the_newest_final_step_intact(tmp_path):
     import time
 
     d = tmp_path / "ckpt"
-    p = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(d)], env=_env(), stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(d)], env=cpu_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "saved"
         time.sleep(0.7)  # several more saves start and finish; the kill lands in one

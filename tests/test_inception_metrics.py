@@ -22,6 +22,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from _processes import cpu_env
 from test_image_eval import _linear_eps_model  # eps_hat = c x_t + 0.01 y: one stand-in for both files
 
 from diffax.evaluation import inception_metrics as im
@@ -75,8 +76,7 @@ def weights(tmp_path_factory) -> str:
 def eight_devices(weights, tmp_path_factory):
     """Starts the 8-device worker now; ``eight_devices()`` waits for it (120 s) and returns its outputs."""
     out = str(tmp_path_factory.mktemp("worker") / "out.npz")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               OPENBLAS_NUM_THREADS="1")  # small host matmuls; BLAS threads only contend on a busy CPU
+    env = dict(cpu_env(8), OPENBLAS_NUM_THREADS="1")  # small host matmuls; BLAS threads only contend on a busy CPU
     job = subprocess.Popen([sys.executable, os.path.abspath(__file__), out, weights], env=env, cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
 

@@ -114,7 +114,7 @@ def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_cli_rejects_bad_mode_and_unknown_key(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = cpu_env()
     base = [sys.executable, "-m", "diffax.main", f"--workdir={tmp_path}", "--config=configs/gmm1d.py"]
     p = subprocess.run(base + ["--mode=trian"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "--mode must be one of" in p.stderr and "'trian'" in p.stderr

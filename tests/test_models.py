@@ -226,14 +226,13 @@ def test_conv_fast_paths_equal_flax_conv():
     the same parameter tree and initial values, the forward and the input gradient bitwise, the
     kernel gradient to float32 rounding (relative 1e-5 of its largest entry: a different summation order
     of the same 8*8*2 products), and forward-mode jvp in x equal to the forward (the conv is linear in x)."""
-    kernel = 1
     import flax.linen as nn
 
     from diffax.models.layers import _conv, default_init
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 16)), jnp.float32)
-    fast = _conv(24, kernel, name="c")
-    ref = nn.Conv(24, (kernel, kernel), padding="SAME", kernel_init=default_init(1.0), name="c")
+    fast = _conv(24, 1, name="c")
+    ref = nn.Conv(24, (1, 1), padding="SAME", kernel_init=default_init(1.0), name="c")
     params = ref.init(jax.random.PRNGKey(0), x)
     p_fast = fast.init(jax.random.PRNGKey(0), x)
     assert jax.tree.structure(p_fast) == jax.tree.structure(params)

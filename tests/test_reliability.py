@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _processes import cpu_env
+
 from diffax import data, workdir_lock
 from diffax.checkpoint import CheckpointDamagedError, Checkpointer
 from diffax.workdir_lock import WorkdirLock, WorkdirLockedError
@@ -473,7 +475,7 @@ def test_second_trainer_process_is_refused_and_kill_9_leaves_a_stale_lock_that_i
     import subprocess
     import sys
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = cpu_env()
     p = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
