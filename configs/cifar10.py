@@ -2,7 +2,9 @@ r"""CIFAR-10 (32x32x3, unconditional) with the DDPM paper's settings (Ho et al. 
 
 UNet ch=128, ch_mult (1, 2, 2, 2), 2 res blocks, attention at 16x16, dropout 0.1 (35.7M params);
 Adam lr 2e-4, warm-up 5000, grad clip 1.0, batch 128, 800k steps, EMA 0.9999; T=1000, linear betas
-1e-4..0.02, eps-prediction, L_simple, fixed variance beta-tilde for sampling; random flips.
+1e-4..0.02, eps-prediction, L_simple, random flips; samples with the fixed variance sigma_t^2 = beta_t
+(diffusion.var_type 'fixed_large', the DDPM code's CIFAR-10 setting; Ho et al. 2020, sec. 3.2, found it
+and beta-tilde similar; --config.diffusion.var_type=fixed_small samples with beta-tilde).
 
 Train -> sample 50k -> FID on a multi-device machine. Every mode uses all devices of all processes (one
 process per host: run the same command on every host, with --coordinator_address/--num_processes/--process_id
@@ -42,7 +44,7 @@ the pipeline: the numbers mean nothing):
     python -m diffax.main --config=$C --workdir=$W --mode=train $T
     python -m diffax.main --config=$C --workdir=$W --mode=sample $T $S
     python -m diffax.main --config=$C --workdir=$W --mode=eval $T $S --config.eval.inception_weights=/tmp/random_inception.npz \
-        --config.eval.num_samples=256 --config.eval.fid_num_reference=256 --config.eval.fid_batch_size=32 \
+        --config.eval.num_samples=256 --config.eval.fid_num_train=256 --config.eval.fid_batch_size=32 \
         --config.eval.bpd_num_examples=16 --config.eval.bpd_batch_size=8
 
 Expected (the paper, TPU v3-8, ~10.6 h for 800k steps): FID 3.17, IS 9.46 (Ho et al. 2020, Table 1; FID of

@@ -8,21 +8,23 @@ The math (each module one concept; no Flax, no config objects):
   dpm_solver           DPM-Solver++(2M) on the discrete schedule
   likelihood           the discrete variational bound: normal_kl, discretized decoder, vb_terms_bpd,
                        prior_bpd, vlb_bpd (bits/dim of 8-bit data)
-  ode                  continuous time: the VP SDE (`ContinuousVP`), score adapters, probability-flow
-                       ODE sampling / encoding (diffrax), exact ODE likelihood, and its bits/dim
-                       convention (dequantization; see the module docstring for how it relates to
-                       `likelihood.vlb_bpd`)
-  importance_sampling  importance-sampled timesteps for L_vlb (Nichol & Dhariwal 2021, sec. 3.3);
-                       `timestep_sampler` is its former name, kept as an alias
+  processes            continuous-time noise processes: the VP SDE (`ContinuousVP`)
+  ode                  the probability-flow ODE: score adapters, sampling / encoding (diffrax)
+  ode_likelihood       exact ODE likelihood and its bits/dim convention (dequantization; see the
+                       module docstring for how it relates to `likelihood.vlb_bpd`)
+  importance_sampling  importance-sampled timesteps for L_vlb (Nichol & Dhariwal 2021, sec. 3.3)
   guidance             classifier and classifier-free guidance as eps-function wrappers
   interpolation        slerp, DDPM and DDIM-latent interpolation
   oracles              analytic Gaussian mixtures: exact marginals, scores, posteriors
 Evaluation (`diffax.evaluation`): metrics (Frechet distance, KID, IS, Wasserstein distances, running
-feature statistics; also importable as `diffax.metrics`), classifier_features (`diffax.feature_fid`),
-images (bits/dim, classifier FID), toys (distances, mode weights).
+feature statistics), classifier_features (classifier-feature FID / KID / accuracy), images (uint8 <->
+[-1, 1], classifier FID), bits_per_dim (test-split bits/dim over the mesh), toys (distances, mode weights).
+`diffax.device_mesh`: the 'data' mesh over every device and process and arrays split by rows over it
+(used by training and evaluation).
 Private: `diffax._util` holds the helpers these modules share (option checks, timestep grids, the
 sampler scan, atomic file writes).
-Training and models: `diffax.models`, `diffax.training`, `diffax.checkpoint`, `diffax.data`,
+Training and models: `diffax.models`, `diffax.training`, `diffax.checkpoint` (with its parts
+`checkpoint_integrity`, `checkpoint_layout`, `checkpoint_files`, `orbax_noise`), `diffax.data`,
 and the entry point `python -m diffax.main`.
 """
 
@@ -35,12 +37,12 @@ from diffax import (  # noqa: F401
     interpolation,
     likelihood,
     losses,
-    metrics,
     ode,
+    ode_likelihood,
     oracles,
+    processes,
     samplers,
     schedules,
-    timestep_sampler,
 )
 
 __version__ = "0.1.0"

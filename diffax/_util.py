@@ -1,7 +1,7 @@
-"""Private helpers shared by the math modules, each written once.
+"""Private helpers shared across diffax modules (the math, data, evaluation, training), each written once.
 
   ModelFn                 the type of a denoiser ``model_fn(x_t, t) -> output``
-  check_choice            ValueError unless a string option is one of the allowed values
+  check_choice            an option, returned if it is one of the allowed values (else ValueError naming both)
   check_shape, check_int  static (pre-trace) checks of a sample shape and of an int option
   check_positive          a concrete float option is finite and > 0 (a traced one passes)
   check_timestep_range    ValueError for a concrete index outside [0, T-1] (traced: no check)
@@ -13,7 +13,9 @@
   batch_t                 a scalar index as the (B,) int32 array a model is called with
   initial_x               x_T ~ N(0, I) of a shape, or a given x_init checked against it
   scan_trajectory         one lax.scan over the steps, optionally stacking the states
-  write_atomic            write a file via temporary file + fsync + rename (never a torn file)
+  write_atomic            write a file via temporary file + fsync + rename + directory fsync (never torn)
+  npz_bytes               the bytes ``np.savez`` writes, to hand to `write_atomic`
+  sha256_of_array         sha256 of an array's C-order bytes (optionally after its shape and dtype)
 
 Nothing here imports another diffax module at import time (`schedules` is imported inside
 `resolve_timesteps`), so any module, `diffax.schedules` included, may import this one.
@@ -21,6 +23,8 @@ Nothing here imports another diffax module at import time (`schedules` is import
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import numbers
 import os
@@ -55,17 +59,20 @@ __all__ = [
     "initial_x",
     "scan_trajectory",
     "write_atomic",
+    "npz_bytes",
+    "sha256_of_array",
 ]
 
 
 # --------------------------------------------------------------------------- boundary checks
 
 
-def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
-    """Raise ``ValueError("unknown {name} {value!r}; allowed: [...]")`` unless ``value in allowed``."""
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """``value``; ``ValueError("unknown {name} {value!r}; allowed: [...]")`` unless ``value in allowed``."""
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
+    return value
 
 
 def check_shape(shape: Any) -> tuple[int, ...]:
@@ -258,10 +265,11 @@ def scan_trajectory(
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` (bytes, or str encoded as UTF-8) to ``path`` atomically.
+    """Write ``data`` (bytes, or str encoded as UTF-8) to ``path`` atomically and durably.
 
-    The data go to ``{path}.tmp-{pid}`` in the same directory, are flushed and fsynced, and the
-    file is renamed over ``path`` (``os.replace``, atomic on POSIX): a reader sees the old file
+    The data go to ``{path}.tmp-{pid}`` in the same directory, are flushed and fsynced, the file is
+    renamed over ``path`` (``os.replace``, atomic on POSIX), and the directory is fsynced so that the
+    rename itself survives a power loss: a reader, or a run restarted after a crash, sees the old file
     or the complete new one, never a torn write. The temporary file is removed on failure.
     """
     path = os.fspath(path)
@@ -277,3 +285,28 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    """The bytes ``np.savez(file, **arrays)`` writes (an uncompressed zip of .npy files), for `write_atomic`."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def sha256_of_array(a: Any, *, with_shape: bool = False) -> str:
+    """Hex sha256 of ``a``'s bytes in C order (native, i.e. little-endian, byte order).
+
+    Recomputable with numpy + hashlib alone: ``hashlib.sha256(np.ascontiguousarray(a).tobytes())``.
+    With ``with_shape``, ``repr((a.shape, str(a.dtype)))`` (UTF-8) is hashed first, so arrays with the
+    same bytes but another shape or dtype get another digest (the FID reference cache's key).
+    """
+    a = np.asarray(a)
+    h = hashlib.sha256(repr((a.shape, str(a.dtype))).encode() if with_shape else b"")
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return h.hexdigest()

@@ -277,9 +277,6 @@ def apply_clip(x0: Array, clip_x0: ClipX0) -> Array:
     return jnp.clip(x0, -clip_x0, clip_x0)
 
 
-_apply_clip = apply_clip  # the former private name
-
-
 def p_mean_variance(
     s: Schedule,
     model_output: Array,

@@ -73,11 +73,18 @@ __all__ = ["dpm_solver_pp_2m", "dpm_solver_timesteps", "SPACINGS", "FINAL_STEPS"
 
 
 def dpm_solver_timesteps(
-    s: Schedule, num_steps: int, spacing: str = "time_uniform", final_step: str = "denoise"
+    s: Schedule,
+    num_steps: int | None = None,
+    spacing: str = "time_uniform",
+    final_step: str = "denoise",
+    *,
+    timesteps=None,
 ) -> np.ndarray:
     """The DESCENDING integer indices DPM-Solver visits (NumPy; the schedule must be concrete).
 
-    For final_step='none' these are n = num_steps + 1 grid points, the last one the end point; for
+    ``timesteps`` (strictly monotone ints in [0, T-1], either order; at least 2 for final_step='none')
+    overrides ``num_steps`` and ``spacing`` and is returned descending; passing both is an error.
+    Otherwise, for final_step='none' these are n = num_steps + 1 grid points, the last one the end point; for
     'denoise' n = num_steps model indices, the end point abar = 1 (index "-1", alphas_cumprod_prev[0])
     being implicit:
       'time_uniform': round(linspace(T-1, e, num_steps + 1)) with e = 0 ('none'), or e = -1 ('denoise':
@@ -86,8 +93,13 @@ def dpm_solver_timesteps(
                       from lambda_{T-1} to lambda_0 (an error if two round to one index);
       'leading' | 'linspace' | 'trailing': `schedules.space_timesteps(T, n, spacing)` reversed.
     """
-    check_choice("spacing", spacing, SPACINGS)
     check_choice("final_step", final_step, FINAL_STEPS)
+    if timesteps is not None:
+        min_len = 2 if final_step == "none" else 1
+        return resolve_timesteps(s.num_timesteps, num_steps, timesteps, spacing, min_len=min_len)[::-1]
+    if num_steps is None:
+        raise ValueError("pass num_steps (or timesteps)")
+    check_choice("spacing", spacing, SPACINGS)
     T = s.num_timesteps
     n_extra = 1 if final_step == "none" else 0
     n = check_int("num_steps", num_steps, 1, T - n_extra) + n_extra
@@ -107,16 +119,6 @@ def dpm_solver_timesteps(
             "use fewer steps or spacing='time_uniform'"
         )
     return ts
-
-
-def _grid(s: Schedule, num_steps, timesteps, spacing: str, final_step: str) -> np.ndarray:
-    """The descending model indices (length M + 1 for 'none', M for 'denoise')."""
-    if timesteps is None:
-        if num_steps is None:
-            raise ValueError("pass num_steps (or timesteps)")
-        return dpm_solver_timesteps(s, num_steps, spacing, final_step)
-    min_len = 2 if final_step == "none" else 1
-    return resolve_timesteps(s.num_timesteps, num_steps, timesteps, spacing, min_len=min_len)[::-1]
 
 
 def dpm_solver_pp_2m(
@@ -156,7 +158,7 @@ def dpm_solver_pp_2m(
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     shape = check_shape(shape)
-    ts = _grid(s, num_steps, timesteps, spacing, final_step)
+    ts = dpm_solver_timesteps(s, num_steps, spacing, final_step, timesteps=timesteps)
     batch = shape[0]
 
     # Per-grid-point (alpha, sigma), descending; 'denoise' appends the end point abar = 1 (which

@@ -23,10 +23,10 @@ tests/test_guidance.py against x0- and v-models of the exact oracle).
 `from_score` is the score view of DDPM: a score model s(x_t, t) becomes the eps model
 -b_t s(x_t, t), so the DDPM mean is (x_t + beta_t s) / sqrt(alpha_t).
 
-Learned-variance models (2C output channels on the last axis, the second half a variance part)
-are supported: only the first half (eps, x0 or v) is guided; CFG keeps the conditional branch's variance half, as
-GLIDE and guided-diffusion do. Nothing here jits; the wrappers are pure and trace inside the
-caller's sampler.
+Learned-variance models (2C output channels on the last axis, the second half a variance part;
+split by `diffusion.split_model_output`) are supported: only the first half (eps, x0 or v) is
+guided; CFG keeps the conditional branch's variance half, as GLIDE and guided-diffusion do.
+Nothing here jits; the wrappers are pure and trace inside the caller's sampler.
 """
 
 from __future__ import annotations
@@ -38,25 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffax import diffusion
+from diffax._util import ModelFn
 from diffax.schedules import Schedule
 
 Array = jnp.ndarray
-ModelFn = Callable[[Array, Array], Array]
 
 __all__ = ["classifier_free", "classifier", "from_score"]
-
-
-def _split_eps(out: Array, x: Array) -> tuple[Array, Array | None]:
-    """(eps part, variance part or None) of a model output for x: C or 2C channels on the last axis."""
-    if out.shape == x.shape:
-        return out, None
-    c = x.shape[-1]
-    if out.shape[:-1] == x.shape[:-1] and out.shape[-1] == 2 * c:
-        return out[..., :c], out[..., c:]
-    raise ValueError(
-        f"model output has shape {out.shape}; expected x_t's shape {x.shape} or, for a learned "
-        f"variance, {x.shape[:-1] + (2 * c,)}"
-    )
 
 
 def _join(eps: Array, var_part: Array | None) -> Array:
@@ -76,13 +63,13 @@ def _check_scalar(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite real scalar, got {value!r}")
 
 
-
 def _check_labels(y) -> Array:
     """y as an array; raises ValueError unless it is a scalar label or a (B,) array of labels."""
     y = jnp.asarray(y)
     if y.ndim > 1:
         raise ValueError(f"y must be a scalar or a (B,) array of labels, got shape {y.shape}")
     return y
+
 
 def classifier_free(
     eps_fn: Callable[[Array, Array, Array], Array],
@@ -126,8 +113,8 @@ def classifier_free(
             jnp.concatenate([labels, jnp.full((b,), null_label, dtype=labels.dtype)], axis=0),
         )
         out_cond, out_null = out[:b], out[b:]
-        eps_cond, var_part = _split_eps(out_cond, x_t)
-        eps_null, _ = _split_eps(out_null, x_t)
+        eps_cond, var_part = diffusion.split_model_output(out_cond, x_t.shape)
+        eps_null, _ = diffusion.split_model_output(out_null, x_t.shape)
         return _join((1.0 + w) * eps_cond - w * eps_null, var_part)
 
     return model_fn
@@ -206,7 +193,7 @@ def classifier(
     def guided_fn(x_t: Array, t: Array) -> Array:
         b = x_t.shape[0]
         labels = jnp.broadcast_to(y, (b,))
-        out, var_part = _split_eps(model_fn(x_t, t), x_t)
+        out, var_part = diffusion.split_model_output(model_fn(x_t, t), x_t.shape)
 
         def total_log_prob(x):
             lp = log_prob_fn(x, t, labels)

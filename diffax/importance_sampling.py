@@ -15,8 +15,6 @@ The state is a pure pytree, meant to live in a TrainState's ``extra`` dict and b
 Like improved-diffusion, the history stores the last H values of L_t itself (not L_t^2) per t and
 the proposal uses sqrt(mean(L_t^2)) over them; this is the same quantity as keeping L_t^2 and
 taking sqrt(mean(.)).
-
-(This module was first named ``diffax.timestep_sampler``; that name stays importable as an alias.)
 """
 
 from __future__ import annotations

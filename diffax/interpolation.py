@@ -23,7 +23,6 @@ from diffax._util import (
     check_choice,
     check_int,
     expand_to,
-    resolve_timesteps,
     scan_trajectory,
 )
 from diffax.schedules import Schedule
@@ -179,8 +178,7 @@ def ddim_encode(
     check_choice("var_type", var_type, diffusion.VAR_TYPES)
     if x0.ndim < 1:
         raise ValueError(f"x0 must be batch-first (B, ...), got shape {x0.shape}")
-    check_choice("spacing", spacing, samplers.DDIM_SPACINGS)
-    ts = resolve_timesteps(s.num_timesteps, num_steps, timesteps, spacing)
+    ts = samplers.ddim_timesteps(s, num_steps, spacing, timesteps=timesteps)
     abar, abar_cur = alphas_cumprod_on_grid(s, ts)
     model_ts = np.concatenate([ts[:1], ts[:-1]]).astype(np.int32)
     b = x0.shape[0]
@@ -226,8 +224,7 @@ def ddim_interpolate(
     """
     _check_pair(x0a, x0b)
     lam = _check_lambdas(lambdas)
-    check_choice("spacing", spacing, samplers.DDIM_SPACINGS)
-    ts = resolve_timesteps(s.num_timesteps, num_steps, None, spacing)
+    ts = samplers.ddim_timesteps(s, num_steps, spacing)
     b = x0a.shape[0]
     z = ddim_encode(
         model_fn, s, jnp.concatenate([x0a, x0b], axis=0), timesteps=ts, mean_type=mean_type, var_type=var_type

@@ -50,7 +50,7 @@ Array = jnp.ndarray
 
 DDIM_SPACINGS = ("leading", "linspace", "trailing")
 
-__all__ = ["ddpm", "ddim", "ddim_sigmas", "langevin", "annealed_langevin", "pc", "DDIM_SPACINGS"]
+__all__ = ["ddpm", "ddim", "ddim_timesteps", "ddim_sigmas", "langevin", "annealed_langevin", "pc", "DDIM_SPACINGS"]
 
 
 # --------------------------------------------------------------------------- DDPM
@@ -135,10 +135,17 @@ def ddpm(
 # --------------------------------------------------------------------------- DDIM
 
 
-def _ddim_timesteps(T: int, num_steps, timesteps, spacing: str) -> np.ndarray:
-    """The ascending subsequence DDIM visits (resolved statically; see `_util.resolve_timesteps`)."""
+def ddim_timesteps(
+    s: Schedule, num_steps: int | None = None, spacing: str = "leading", *, timesteps=None
+) -> np.ndarray:
+    """The ASCENDING subsequence tau of {0..T-1} that `ddim` visits (NumPy, resolved before tracing).
+
+    ``timesteps`` if given (strictly monotone ints in [0, T-1], either order), else
+    ``schedules.space_timesteps(T, num_steps, spacing)``, else (both None) all T indices; passing
+    both is an error. ``spacing`` is one of `DDIM_SPACINGS`.
+    """
     check_choice("spacing", spacing, DDIM_SPACINGS)
-    return resolve_timesteps(T, num_steps, timesteps, spacing)
+    return resolve_timesteps(s.num_timesteps, num_steps, timesteps, spacing)
 
 
 def ddim_sigmas(s: Schedule, timesteps, eta) -> tuple[Array, Array, Array]:
@@ -192,7 +199,7 @@ def ddim(
     shape = check_shape(shape)
     if num_steps is not None:
         num_steps = check_int("num_steps", num_steps, 1)
-    ts = _ddim_timesteps(s.num_timesteps, num_steps, timesteps, spacing)
+    ts = ddim_timesteps(s, num_steps, spacing, timesteps=timesteps)
     batch = shape[0]
 
     abar, abar_prev, sigma = ddim_sigmas(s, ts, eta)

@@ -237,13 +237,19 @@ def space_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading"
     """An ascending subsequence of {0..T-1} with `num_steps` entries (as a NumPy int array).
 
     spacing (T timesteps, N = num_steps):
-      'leading'  : range(0, T, T // N)[:N], i.e. arange(N) * (T // N): the DDIM paper's and
-                   diffusers' 'leading' (and improved-diffusion's ``ddimN`` whenever N divides T).
-                   The first (largest) step is (N - 1) (T // N), leaving T mod N + T // N - 1
-                   indices above it unvisited. For T/2 < N < T the stride T // N is 1 and the steps
-                   would be 0..N-1, starting far below T - 1 (600 of 1000 would start at index
-                   599): those N are refused with a ValueError naming the alternatives.
-                   (improved-diffusion refuses them too: no integer stride gives N steps.)
+      'leading'  : range(0, T, T // N)[:N], i.e. arange(N) * (T // N): diffusers' 'leading' (the DDIM
+                   paper's steps where N divides T). The first (largest) step is (N - 1) (T // N): T - T/N
+                   when N divides T, lower otherwise (N = 300 / 400 of T = 1000 start at 897 / 798, where
+                   alpha-bar is 2.9e-4 / 1.6e-3 against 4e-5 at 999; accepted as diffusers does, and the
+                   sampler's config reader, `diffax.training.sampler_builders`, logs a warning naming the first step).
+                   Refused, with a ValueError naming the alternatives: exactly T/2 < N < T, where the
+                   stride T // N is 1 and the steps would be 0..N-1 (600 of 1000 would start at 599).
+                   improved-diffusion's ``ddimN`` differs: it takes the smallest integer stride i with
+                   len(range(0, T, i)) = ceil(T / i) = N and returns range(0, T, i), and refuses every N
+                   not of that form. The two agree where N divides T. Otherwise improved-diffusion refuses N
+                   that 'leading' accepts (300 or 400 of 1000), accepts one N that it refuses (for odd T,
+                   N = (T + 1) / 2 with stride 2, ending at T - 1: 500 of 999), and may pick a larger
+                   stride (T = 10, N = 3: {0, 4, 8} against {0, 3, 6}).
       'linspace' : round(linspace(0, T - 1, N)) (always includes 0 and, for N > 1, T - 1),
       'trailing' : round(T - k T / N) - 1 for k = 0..N-1, reversed (Lin et al. 2024; diffusers'
                    'trailing'): includes T - 1.

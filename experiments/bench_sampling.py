@@ -222,12 +222,12 @@ def bench_fid(*, batch: int, repeats: int, input_size: int = 299) -> dict:
     host), random Inception weights. compile_s = the first call minus a steady one."""
     from diffax.evaluation import inception_metrics
     from diffax.models.inception import InceptionV3
-    from diffax.training import sharding
+    from diffax.device_mesh import make_mesh
 
     model = InceptionV3(input_size=input_size)
     u8 = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
-    mesh = sharding.make_mesh()
+    mesh = make_mesh()
 
     def features():
         return inception_metrics.inception_outputs(u8, model, variables, mesh, batch_size=batch, keep_features=False)

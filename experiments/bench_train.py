@@ -37,15 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffax import models, schedules
+from diffax.device_mesh import make_mesh, replicate, shard_batch
 from diffax.training import (
     create_train_state,
     diffusion_loss_fn,
     jit_train_step,
-    make_mesh,
     make_optimizer,
     make_train_step,
-    replicate,
-    shard_batch,
 )
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from diffax import data
 from diffax.evaluation import images
-from diffax.training import builders, plots, restore
+from diffax.training import builders, plots, restore, sampler_builders
 
 ROWS = (("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0))
 
@@ -102,8 +102,8 @@ def main(argv=None) -> dict:
         for steps in args.steps:
             if f"{_row_id(method, eta)}:{steps}" in args.skip:
                 continue
-            sample_fn = builders.build_sampler(setting_config(run_config, method, eta, steps), exp.model, exp.schedule,
-                                               exp.data.shape)  # fmt: skip
+            sample_fn = sampler_builders.build_sampler(setting_config(run_config, method, eta, steps), exp.model,
+                                                       exp.schedule, exp.data.shape)  # fmt: skip
             x, t_compile, t_run = timed_samples(sample_fn, run.params, jax.random.PRNGKey(args.seed), args.num_samples)
             m = images.reference_metrics(x, reference, sample_labels=labels)
             row = dict(method=method, eta=eta, steps=steps, classifier_fid=m["classifier_fid"],

@@ -1,4 +1,4 @@
-"""Worker for tests/test_sharding.py: runs train steps in a FRESH process (JAX reads XLA_FLAGS and
+"""Worker for tests/test_device_mesh.py: runs train steps in a FRESH process (JAX reads XLA_FLAGS and
 the distributed settings at start-up) and saves the resulting parameters and metrics to an .npz.
 
   --mode devices    one process with N host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N):
@@ -50,7 +50,8 @@ def run(mesh, local_batch, steps=STEPS):
     import jax
     import numpy as np
 
-    from diffax.training import jit_train_step, replicate, shard_batch
+    from diffax.device_mesh import replicate, shard_batch
+    from diffax.training import jit_train_step
 
     state, train_step, _ = setup()
     state = replicate(state, mesh)
@@ -87,7 +88,7 @@ def main(argv):
         assert distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jax
 
-    from diffax.training import make_mesh, shard_batch
+    from diffax.device_mesh import make_mesh, shard_batch
 
     _, _, batch = setup()
     out = {}

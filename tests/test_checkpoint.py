@@ -1,4 +1,5 @@
-"""Tests for diffax.checkpoint and the loop's checkpointing: bitwise resume across processes, crash
+"""Tests for diffax.checkpoint (with checkpoint_integrity, checkpoint_layout, checkpoint_files,
+orbax_noise) and the loop's checkpointing: bitwise resume across processes, crash
 during a save, keep-last-K, async saves vs. buffer donation, and no checkpoint of a non-finite state.
 
 All runs are on CPU with a tiny MLP on gmm1d (T=50); the resume test runs `python -m diffax.main`
@@ -7,10 +8,12 @@ in fresh processes, as a preempted job would be restarted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -210,7 +213,7 @@ def test_importance_sampling_loss_history_is_checkpointed_and_resumes_bitwise(tm
 
 
 # ------------------------------------------------------------------------------------- integrity & config
-from diffax.checkpoint import CHECKSUM_ALGORITHM, CheckpointDamagedError, tree_checksums  # noqa: E402
+from diffax.checkpoint_integrity import CHECKSUM_ALGORITHM, CheckpointDamagedError, tree_checksums  # noqa: E402
 
 # Orbax leaves un-awaited read coroutines behind when TensorStore fails on a damaged file; Python reports
 # them at some later garbage collection, in whichever test runs then.
@@ -319,7 +322,10 @@ def test_checksums_are_saved_with_each_step_and_restore_verifies(tmp_path):
     states = _save_steps(tmp_path, steps=(1, 2))
     with Checkpointer(tmp_path) as c:
         record = c.read_checksums(2)
-        assert record == {"algorithm": CHECKSUM_ALGORITHM, "arrays": tree_checksums(states[2])}
+        # Every item of the step: the arrays, the data position's canonical JSON (no config was given), the step.
+        position = hashlib.sha256(b'{"position":20}').hexdigest()
+        assert record == {"algorithm": CHECKSUM_ALGORITHM, "step": 2, "arrays": tree_checksums(states[2]),
+                          "items": {"data": position}}  # fmt: skip
         assert c.verify(2) and c.verify(1)
         state, ds = c.restore(2, _target())
         _assert_tree_equal(state, states[2])
@@ -485,12 +491,11 @@ def test_abandoned_orbax_read_reports_are_dropped_and_others_kept(monkeypatch):
     import gc
     import types
 
-    from diffax import checkpoint
+    from diffax import orbax_noise
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(getattr(u.object, "__qualname__", repr(u.object))))
-    monkeypatch.setattr(checkpoint, "_unraisable_filter_installed", False)
-    checkpoint._silence_abandoned_orbax_reads()
+    orbax_noise.silence_abandoned_orbax_reads()  # wraps the recording hook above (monkeypatch restores it)
 
     def abandoned(name):
         async def read():  # what Orbax's reader does: `except BaseException as e: raise Exception(...) from e`
@@ -504,8 +509,202 @@ def test_abandoned_orbax_read_reports_are_dropped_and_others_kept(monkeypatch):
         coro.send(None)  # suspended at the await, then dropped
         return coro
 
-    for name in (checkpoint._ORBAX_READ_COROUTINE, "someone_elses_coroutine"):
+    for name in (orbax_noise.ORBAX_READ_COROUTINE, "someone_elses_coroutine"):
         coro = abandoned(name)
         del coro
         gc.collect()
     assert seen == ["someone_elses_coroutine"]
+
+
+# ------------------------------------------------------------------ readers, item digests, read-only, noise
+READ = ["--config.sampling.num_samples=32"]  # readers: a few samples are enough
+
+
+@pytest.fixture(scope="module")
+def trained10(tmp_path_factory):
+    """A 10-step tiny run through main (checkpoints 5 and 10); tests work on copies of it."""
+    wd = tmp_path_factory.mktemp("trained10") / "run"
+    _main(wd, "--config.training.num_steps=10")
+    return wd
+
+
+@pytest.fixture(scope="module")
+def straight20(tmp_path_factory):
+    """The state of an uninterrupted 20-step run: what every resume must reproduce bitwise."""
+    wd = tmp_path_factory.mktemp("straight20") / "run"
+    _main(wd, "--config.training.num_steps=20")
+    return _load_state(wd, 20)
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _files_and_dirs(d) -> dict:
+    """{relative path: (kind, size, mtime_ns, sha256 of the content)} of every file and directory under ``d``."""
+    out = {}
+    for root, dirs, names in os.walk(d):
+        for n in dirs + names:
+            p = os.path.join(root, n)
+            st = os.lstat(p)
+            digest = hashlib.sha256(open(p, "rb").read()).hexdigest() if os.path.isfile(p) else None
+            out[os.path.relpath(p, d)] = ("dir" if os.path.isdir(p) else "file", st.st_size, st.st_mtime_ns, digest)
+    st = os.lstat(d)
+    out["."] = ("dir", st.st_size, st.st_mtime_ns, None)
+    return out
+
+
+def _plant_in_flight_save(ckpt_dir, step: int) -> None:
+    """What a live trainer's save looks like on disk before Orbax finalizes it (this Orbax version names it
+    ``<step>.orbax-checkpoint-tmp``): a temporary directory with partly written items."""
+    tmp = os.path.join(ckpt_dir, f"{step}.orbax-checkpoint-tmp")
+    os.makedirs(os.path.join(tmp, "state", "d"))
+    with open(os.path.join(tmp, "state", "d", "chunk"), "wb") as f:
+        f.write(os.urandom(4096))
+    assert ocp.path.step.TMP_DIR_SUFFIX in os.path.basename(tmp)  # Orbax's own marker of unfinalized steps
+
+
+def test_sample_and_eval_never_touch_a_running_trainers_checkpoints(trained10, tmp_path):
+    """Item 2: `--mode=sample` and `--mode=eval` on a run whose trainer is saving step 15 (an in-flight
+    temporary directory) leave every file and directory under checkpoints/ as it was (paths, sizes, mtimes,
+    content), and use the newest FINISHED step, 10."""
+    wd = _copy(trained10, tmp_path / "run")
+    ckpt_dir = wd / "checkpoints"
+    _plant_in_flight_save(ckpt_dir, 15)
+    before = _files_and_dirs(ckpt_dir)
+    _main(wd, "--mode=sample", *READ)
+    assert _files_and_dirs(ckpt_dir) == before
+    _main(wd, "--mode=eval", *READ)
+    assert _files_and_dirs(ckpt_dir) == before
+    with open(wd / "eval.json") as f:
+        assert json.load(f)["checkpoint_step"] == 10
+    x = np.load(wd / "samples.npz")["samples"]
+    assert x.shape == (32, 1) and np.all(np.isfinite(x))
+
+
+@pytest.mark.slow  # 100 s on a loaded 2-core machine (a trainer saving 150 times, readers one after another)
+def test_live_trainer_keeps_every_checkpoint_while_readers_sample(tmp_path):
+    """Item 2, live: a trainer saving every 2 steps while `--mode=sample` runs again and again on its workdir;
+    the trainer finishes, its last checkpoints are all there and verify, and no reader failed."""
+    wd = tmp_path / "run"
+    n = 300
+    trainer = _main(wd, f"--config.training.num_steps={n}", "--config.training.checkpoint_every=2", wait=False)
+    while not os.path.isdir(wd / "checkpoints" / "2"):  # the first save is final: readers have a run to read
+        assert trainer.poll() is None, trainer.communicate()[0][-3000:]
+        time.sleep(0.2)
+    runs = 0
+    while trainer.poll() is None:  # one reader after another, for as long as the trainer runs
+        _main(wd, "--mode=sample", *READ)
+        runs += int(trainer.poll() is None)
+    out = _finish(trainer)
+    assert runs >= 1, runs  # a reader really ran from start to end while the trainer saved
+    with Checkpointer(wd / "checkpoints", read_only=True) as c:
+        assert c.all_steps() == [n - 4, n - 2, n], out[-2000:]
+        assert all(c.verify(s) for s in c.all_steps())
+    assert not [p for p in os.listdir(wd / "checkpoints") if "tmp" in p]
+
+
+def _change_data_position(step_dir) -> None:
+    """One digit of the data position: {"position": 10} -> {"position": 11} (still valid JSON)."""
+    path = os.path.join(step_dir, "data", "metadata")
+    text = open(path).read()
+    assert '"position": 10' in text, text
+    with open(path, "w") as f:
+        f.write(text.replace('"position": 10', '"position": 11'))
+
+
+def _garble_config(step_dir) -> None:
+    path = os.path.join(step_dir, "config", "metadata")
+    with open(path, "w") as f:
+        f.write('{"model": {"hidden": 1')  # torn JSON
+
+
+@pytest.mark.parametrize("damage", [_change_data_position, _garble_config], ids=["data_position", "config"])
+def test_damaged_data_position_or_config_falls_back_and_resumes_bitwise(trained10, straight20, tmp_path, damage):
+    """Item 5: a changed digit in step 10's data position, or its config made unreadable, is damage like an
+    array's: a reader skips step 10 (changing no file); `--mode=train` to 20 resumes from step 5 with the
+    warning, moves step 10 to damaged/, and ends bitwise equal to an uninterrupted 20-step run."""
+    wd = _copy(trained10, tmp_path / "run")
+    damage(wd / "checkpoints" / "10")
+    before = _files_and_dirs(wd / "checkpoints")
+    out = _main(wd, "--mode=eval", *READ)
+    assert "checkpoint 10 is damaged" in out and "falling back to step 5" in out, out[-3000:]
+    assert _files_and_dirs(wd / "checkpoints") == before
+    with open(wd / "eval.json") as f:
+        assert json.load(f)["checkpoint_step"] == 5
+
+    out = _main(wd, "--config.training.num_steps=20")
+    assert "checkpoint 10 is damaged" in out and "falling back to step 5" in out, out[-3000:]
+    assert "5/20" in out  # resumed at step 5
+    assert [d.split("-")[0] for d in os.listdir(wd / "checkpoints" / "damaged")] == ["10"]
+    _assert_tree_equal(_load_state(wd, 20), straight20)
+
+
+def test_unreadable_config_of_every_step_still_stops_with_one_line(trained10, tmp_path):
+    """Control for the fallback: when no step has an intact config and state the trainer refuses (no guess)."""
+    wd = _copy(trained10, tmp_path / "run")
+    _garble_config(wd / "checkpoints" / "10")
+    _garble_config(wd / "checkpoints" / "5")
+    cmd = [sys.executable, "-m", "diffax.main", f"--workdir={wd}", *TINY, "--config.training.num_steps=20"]
+    p = subprocess.run(cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("diffax: error: ValueError: no intact checkpoint in") and "config" in last, last
+
+
+def _can_mount_read_only() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_mount_read_only(), reason="needs unshare -rm (user + mount namespaces)")
+def test_read_only_checkpoints_dir_is_one_line_and_writes_nothing(trained10, tmp_path):
+    """Item 12: resuming a run whose checkpoints/ is read-only stops at once with one line naming the
+    directory, writes no metrics row (none without its checkpoint) and no file; sampling it still works.
+
+    The directory is made read-only by a read-only bind mount in a private user + mount namespace (real
+    EROFS, as on a read-only filesystem): the tests run as root, for whom chmod does not stop writes."""
+    wd = _copy(trained10, tmp_path / "run")
+    ckpt_dir = wd / "checkpoints"
+    before, metrics = _files_and_dirs(wd), open(wd / "metrics.jsonl").read()
+
+    def in_read_only_mount(*flags):
+        main = " ".join([sys.executable, "-m", "diffax.main", f"--workdir={wd}", *TINY, *flags])
+        script = f"mount --bind {ckpt_dir} {ckpt_dir} && mount -o remount,bind,ro {ckpt_dir} && exec {main}"
+        return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=cpu_env(), capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    p = in_read_only_mount("--config.training.num_steps=20")
+    assert p.returncode == 1, p.stderr[-3000:]
+    lines = p.stderr.strip().splitlines()
+    expected = f"diffax: error: PermissionError: cannot write to {ckpt_dir} (read-only?): Read-only file system"
+    assert lines == [expected], p.stderr[-3000:]
+    assert open(wd / "metrics.jsonl").read() == metrics
+    after = _files_and_dirs(wd)
+    after.pop("."), before.pop(".")  # the workdir's own mtime: the trainer took (and freed) its .lock there
+    assert after == before  # but every file and directory in it is as it was
+    p = in_read_only_mount("--mode=sample", *READ)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert np.load(wd / "samples.npz")["samples"].shape == (32, 1)
+
+
+def test_damaged_manifest_falls_back_without_tracebacks(trained10, tmp_path):
+    """Item 13: a damaged Orbax manifest in step 10 -> sampling falls back to step 5 with the one warning;
+    the reads Orbax abandoned print no "RuntimeError: Event loop is closed" tracebacks."""
+    wd = _copy(trained10, tmp_path / "run")
+    path = wd / "checkpoints" / "10" / "state" / "manifest.ocdbt"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    p = subprocess.run([sys.executable, "-m", "diffax.main", f"--workdir={wd}", *TINY, "--mode=eval", *READ],
+                       cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "checkpoint 10 is damaged" in p.stderr and "falling back to step 5" in p.stderr
+    assert "Traceback" not in p.stderr and "Event loop is closed" not in p.stderr, p.stderr[-3000:]
+    with open(wd / "eval.json") as f:
+        assert json.load(f)["checkpoint_step"] == 5

@@ -364,9 +364,9 @@ def test_split_model_output_reads_the_split_from_var_type_or_shape():
         diffusion.split_model_output(jnp.zeros((2, 5, 4)), x_shape)  # neither C nor 2C
 
 
-def test_apply_clip_and_its_former_private_name():
+def test_clipping_x0_by_none_a_bound_or_a_function():
+    """`diffusion.apply_clip`: None passes x0, a bound c clips to [-c, c], a function maps x0."""
     x = jnp.array([-3.0, -0.5, 0.2, 2.0])
     np.testing.assert_array_equal(diffusion.apply_clip(x, None), x)
     np.testing.assert_array_equal(diffusion.apply_clip(x, 1.0), np.float32([-1.0, -0.5, 0.2, 1.0]))
     np.testing.assert_array_equal(diffusion.apply_clip(x, jnp.tanh), jnp.tanh(x))
-    assert diffusion._apply_clip is diffusion.apply_clip

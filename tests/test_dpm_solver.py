@@ -1,7 +1,7 @@
 """Tests for diffax.dpm_solver: DPM-Solver++(2M) on the exact eps of analytic Gaussian mixtures.
 
 Reference solution: the adaptive diffrax solve of the probability-flow ODE of
-`ode.ContinuousVP.from_schedule(s)` at rtol = atol = 1e-10 (x64). It shares DPM-Solver's endpoint
+`processes.ContinuousVP.from_schedule(s)` at rtol = atol = 1e-10 (x64). It shares DPM-Solver's endpoint
 because with the exact score the ODE's field depends on time only through abar, so any monotone
 time with the same end values of abar (here abar(tau_k) = alphas_cumprod[k] exactly) has the same
 solution: from tau = 1 (index T-1) to tau = (k_end + 1)/T (index k_end).
@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffax import diffusion, dpm_solver, ode, oracles, samplers, schedules
+from diffax import diffusion, dpm_solver, ode, oracles, processes, samplers, schedules
 from diffax.evaluation import oracle_checks
 
 
 def _reference(mix, s, x_T, k_end: int):
     """x at index k_end of the exact ODE from x_T at index T-1 (diffrax, tight tolerance)."""
-    sde = ode.ContinuousVP.from_schedule(s)
+    sde = processes.ContinuousVP.from_schedule(s)
     T = s.num_timesteps
     x, _ = ode.ode_solve(ode.oracle_score_fn(mix, sde), sde, x_T, t0=1.0, t1=(k_end + 1) / T,
                          rtol=1e-10, atol=1e-10)
@@ -68,7 +68,7 @@ def test_full_range_converges_to_the_ode_solution_at_the_data(x64):
     mix = oracles.anisotropic_mixture_2d(s)
     shape = (256, mix.dim)
     x_T = jax.random.normal(jax.random.PRNGKey(1), shape)
-    sde = ode.ContinuousVP.from_schedule(s)
+    sde = processes.ContinuousVP.from_schedule(s)
     ref, _ = ode.ode_solve(ode.oracle_score_fn(mix, sde), sde, x_T, t0=1.0, t1=0.0, rtol=1e-10, atol=1e-10)
     e2, e1 = [], []
     for M in (10, 20, 40, 80):

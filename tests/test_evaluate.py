@@ -8,6 +8,7 @@ index and the samples agree; the old behaviour (labels and keys restarting in ev
 from __future__ import annotations
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,11 @@ def conditional_run(tmp_path_factory):
 
 
 def _generate(config, workdir, chunk):
+    """Draws every sample afresh at this chunk size: the saved parts of an earlier call (which any chunk
+    size may reuse) are removed first, so the samples compared come from this chunk size."""
     config = config.copy_and_resolve_references()
     config.sampling.batch_size = chunk
+    shutil.rmtree(os.path.join(workdir, evaluate.PARTS_DIR), ignore_errors=True)
     return evaluate.generate(builders.build(config), workdir)[0]
 
 

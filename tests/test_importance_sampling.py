@@ -1,4 +1,4 @@
-"""Tests for diffax.importance_sampling (Nichol & Dhariwal 2021, sec. 3.3), formerly diffax.timestep_sampler."""
+"""Tests for diffax.importance_sampling (Nichol & Dhariwal 2021, sec. 3.3)."""
 
 import math
 
@@ -135,14 +135,5 @@ def test_importance_weights_reduce_variance():
     assert mc_is < 0.01 * mc_u, (mc_is, mc_u)
 
 
-def test_old_module_name_is_the_same_module():
-    # `diffax.timestep_sampler` is the former name: every import form gives the very same module
-    # (so functions compare identical and a monkeypatch of one is seen through the other).
-    import diffax
-    import diffax.timestep_sampler as by_path
-    from diffax import timestep_sampler as by_name
-    from diffax.timestep_sampler import sample_timesteps
-
-    assert by_path is ts and by_name is ts and diffax.timestep_sampler is ts
-    assert sample_timesteps is ts.sample_timesteps
+def test_public_names():
     assert set(ts.__all__) == {"init_loss_history", "update_loss_history", "timestep_probs", "sample_timesteps"}

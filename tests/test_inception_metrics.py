@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 from _processes import cpu_env
-from test_image_eval import _linear_eps_model  # eps_hat = c x_t + 0.01 y: one stand-in for both files
+from test_image_eval import _BAD_WEIGHTS, _linear_eps_model  # eps_hat = c x_t + 0.01 y: one stand-in for both files
 
 from diffax.evaluation import inception_metrics as im
 from diffax.evaluation import metrics
@@ -53,10 +53,10 @@ def _bpd_inputs():
 
 def _worker(out: str, weights: str) -> None:
     """Run in a subprocess with 8 forced devices: the same computations as the tests, sharded 8 ways."""
-    from diffax.evaluation.sharded import sharded_bits_per_dim
-    from diffax.training import sharding
+    from diffax.device_mesh import make_mesh
+    from diffax.evaluation.bits_per_dim import sharded_bits_per_dim
 
-    mesh = sharding.make_mesh()
+    mesh = make_mesh()
     assert mesh.devices.size == 8, mesh
     variables = load_fid_weights(weights)
     ref = im.reference_stats(REFERENCE, MODEL, variables, mesh, batch_size=BATCH)
@@ -97,10 +97,10 @@ def eight_devices(weights, tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_device(weights, eight_devices):
     """Inception variables, a 1-device mesh and the reference (REFERENCE's statistics and features)."""
-    from diffax.training import sharding
+    from diffax.device_mesh import make_mesh
 
     variables = load_fid_weights(weights)
-    mesh = sharding.make_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:1])
     return variables, mesh, im.reference_stats(REFERENCE, MODEL, variables, mesh, batch_size=BATCH)
 
 
@@ -268,6 +268,81 @@ def test_inception_eval_records_and_caches_the_reference(evaluated, one_device, 
     np.testing.assert_array_equal(given.mu, ref.mu)
 
 
+def _fixture_module():
+    """experiments/make_inception_fixture.py (NumPy only at import; torch only in its main)."""
+    import importlib.util
+
+    path = os.path.join(REPO, "experiments", "make_inception_fixture.py")
+    spec = importlib.util.spec_from_file_location("make_inception_fixture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_close_to_pytorch_fid(out: im.InceptionOutputs, fixture) -> None:
+    """pool3 and bias-free logits within rtol 1e-5 + atol 1e-5 max|reference|: float32 sums through 94 layers
+    in torch's and XLA's CPU convolutions (other algorithms, other rounding); measured 5.1e-7 max|pool3| and
+    7.8e-7 max|logits| (pytorch-fid 0.3.0, torch 2.14.1, 2-core CPU)."""
+    for k in ("pool3", "logits"):
+        want = fixture[k]
+        np.testing.assert_allclose(getattr(out, k), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=k)
+
+
+@pytest.mark.slow
+def test_inception_features_equal_pytorch_fid_with_fixed_random_weights(tmp_path):
+    """The FID Inception-v3 checked numerically against pytorch-fid's own network: tests/fixtures/
+    inception_random_features.npz holds what ``pytorch_fid.inception.InceptionV3([3])`` (pytorch-fid 0.3.0,
+    torch 2.14.1; experiments/make_inception_fixture.py) computes for 4 uint8 32x32 images with fixed random
+    weights that are not stored but regenerated here from the tensor names (`fixture_state_dict`). Here the
+    same weights go through diffax's weights path (an .npz of the state dict, `load_inception`, as
+    eval.inception_weights) and the images through `inception_outputs` (uint8 -> [-1, 1], bilinear resize to
+    299x299, pool3 and the fc layer without its bias, as for FID and IS): equal within
+    `_assert_close_to_pytorch_fid`'s tolerance. diffax's state-dict layout (every name and shape) equals
+    pytorch-fid's exactly. Negative control: the first BatchNorm's running variance x 1.001 (one tensor,
+    0.05 % on one layer's output) moves the features outside the tolerance."""
+    import json
+
+    from diffax.device_mesh import make_mesh
+    from diffax.models.inception import fid_state_dict_shapes
+
+    mk = _fixture_module()
+    fixture = dict(np.load(os.path.join(REPO, "tests", "fixtures", "inception_random_features.npz")))
+    shapes = fid_state_dict_shapes()
+    theirs = json.loads(str(fixture["state_dict_shapes"]))
+    assert {k: list(v) for k, v in shapes.items()} == theirs
+    np.testing.assert_array_equal(fixture["images"], mk.fixture_images())
+    state = mk.fixture_state_dict(shapes, seed=int(fixture["seed"]))
+    np.savez(tmp_path / "weights.npz", **state)
+    model, variables = im.load_inception(str(tmp_path / "weights.npz"))
+    mesh = make_mesh(jax.devices()[:1])
+    out = im.inception_outputs(fixture["images"], model, variables, mesh, batch_size=4)
+    _assert_close_to_pytorch_fid(out, fixture)
+    state["Conv2d_1a_3x3.bn.running_var"] = state["Conv2d_1a_3x3.bn.running_var"] * np.float32(1.001)
+    np.savez(tmp_path / "perturbed.npz", **state)
+    _, perturbed = im.load_inception(str(tmp_path / "perturbed.npz"))
+    with pytest.raises(AssertionError, match="pool3"):
+        _assert_close_to_pytorch_fid(im.inception_outputs(fixture["images"], model, perturbed, mesh, batch_size=4),
+                                     fixture)  # fmt: skip
+
+
+@pytest.mark.parametrize("name,make,reason", _BAD_WEIGHTS + [
+    ("other_keys.npz", lambda p: np.savez(p, **{"conv.bias": np.zeros(3)}), "unexpected key in FID Inception weights"),
+    ("partial.npz", lambda p: np.savez(p, **{"fc.bias": np.zeros(1008, np.float32)}),
+     "the FID weights do not match InceptionV3: missing ["),
+])  # fmt: skip
+def test_load_inception_refuses_a_bad_file_naming_the_flag_and_the_file(tmp_path, name, make, reason):
+    """eval.inception_weights that cannot serve (garbage bytes, a truncated file, a missing file, an .npz of
+    other tensors): one ValueError / FileNotFoundError line ``eval.inception_weights=PATH: <what is wrong>``
+    (through `python -m diffax.main`: test_image_eval.py's CLI test of the same cases)."""
+    path = tmp_path / name
+    if make is not None:
+        make(path)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        im.load_inception(str(path))
+    message = str(info.value)
+    assert message.startswith(f"eval.inception_weights={path}: {reason}") and "\n" not in message, message
+
+
 def test_inception_eval_needs_eval_num_samples_samples(evaluated):
     import dataclasses
 
@@ -285,7 +360,7 @@ def test_eight_devices_equal_one_device(eight_devices, one_device, evaluated):
     per-device batch differs, so XLA's CPU convolutions round differently: not bitwise), FID / IS / KID to
     rtol 1e-4, and the sharded bits/dim per image to 1e-6 relative (its noise depends only on the image
     index; equal to `likelihood.vlb_bpd` on each image alone, tested in test_image_eval.py)."""
-    from diffax.evaluation.sharded import sharded_bits_per_dim
+    from diffax.evaluation.bits_per_dim import sharded_bits_per_dim
 
     got = eight_devices()
     _, mesh, ref = one_device

@@ -27,7 +27,8 @@ import pytest
 
 from diffax import samplers, schedules
 from diffax.interop import config_overrides, load_diffusers_unet, read_scheduler_config
-from diffax.interop import diffusers as hf
+from diffax.interop.diffusers_config import UNET_DEFAULTS, unet_from_config, validate_unet_config
+from diffax.interop.diffusers_weights import BIN_NAME, SAFETENSORS_NAME, abstract_params, torch_name, weights_file
 from diffax.models.unet import ddpm_cifar10
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -65,7 +66,7 @@ def test_outputs_equal_diffusers_at_each_t(loaded, name):
     assert max(errs) <= 1e-4, dict(zip(g["t"].tolist(), errs))
     off_by_one = np.asarray(apply(x, t + 1))
     assert min(rel_err(off_by_one[i], g["eps"][i]) for i in (2, 3)) > 1e-4
-    n_file = sum(a.size for a in safetensors_numpy.load_file(hf.weights_file(os.path.join(FIXTURES, name))).values())
+    n_file = sum(a.size for a in safetensors_numpy.load_file(weights_file(os.path.join(FIXTURES, name))).values())
     assert sum(a.size for a in jax.tree.leaves(params)) == n_file
 
 
@@ -84,20 +85,20 @@ def test_options_are_read_from_config_json(loaded):
 def test_ddpm_cifar10_config_maps_to_diffax_ddpm_cifar10():
     """The published ddpm-cifar10-32 config.json gives exactly `ddpm_cifar10`'s architecture: 35,746,307
     parameters, every one with a distinct diffusers name (the mapping is one to one)."""
-    cfg = {**hf.UNET_DEFAULTS, **json.load(open(os.path.join(FIXTURES, "ddpm_cifar10_tiny", "config.json"))),
+    cfg = {**UNET_DEFAULTS, **json.load(open(os.path.join(FIXTURES, "ddpm_cifar10_tiny", "config.json"))),
            "block_out_channels": [128, 256, 256, 256], "norm_num_groups": 32, "layers_per_block": 2}  # fmt: skip
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    hf._validate_unet_config(cfg, "config.json")
-    module = hf.unet_from_config(cfg, dropout=0.1)
+    validate_unet_config(cfg, "config.json")
+    module = unet_from_config(cfg, dropout=0.1)
     ref = ddpm_cifar10()
     for f in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "num_heads", "num_head_channels", "num_groups",
               "norm_eps", "flip_sin_to_cos", "freq_shift", "resamp_with_conv", "resblock_updown",
               "use_scale_shift_norm"):
         assert getattr(module, f) == getattr(ref, f), f
-    shapes = hf.abstract_params(module, (32, 32, 3))
+    shapes = abstract_params(module, (32, 32, 3))
     leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
     assert sum(int(np.prod(leaf.shape)) for _, leaf in leaves) == 35_746_307
-    names = {hf.torch_name(tuple(p.key for p in path), 4) for path, _ in leaves}
+    names = {torch_name(tuple(p.key for p in path), 4) for path, _ in leaves}
     assert len(names) == len(leaves)
 
 
@@ -175,7 +176,7 @@ def _copy(tmp_path, name="ddpm_cifar10_tiny") -> str:
 
 
 def _rewrite(d: str, edit) -> None:
-    file = os.path.join(d, hf.SAFETENSORS_NAME)
+    file = os.path.join(d, SAFETENSORS_NAME)
     sd = safetensors_numpy.load_file(file)
     edit(sd)
     safetensors_numpy.save_file(sd, file)
@@ -201,8 +202,8 @@ CONV1 = "down_blocks.1.resnets.0.conv1.weight"
          "does not have: class_embedding.weight"),
         (lambda d: _rewrite(d, lambda sd: sd[CONV1].__setitem__((0, 0, 0, 0), np.nan)),
          f"tensor '{CONV1}' has 1 non-finite value(s)"),
-        (lambda d: open(os.path.join(d, hf.SAFETENSORS_NAME), "r+b").truncate(50_000), "truncated or corrupted"),
-        (lambda d: open(os.path.join(d, hf.SAFETENSORS_NAME), "r+b").write(b"\xff" * 16), "truncated or corrupted"),
+        (lambda d: open(os.path.join(d, SAFETENSORS_NAME), "r+b").truncate(50_000), "truncated or corrupted"),
+        (lambda d: open(os.path.join(d, SAFETENSORS_NAME), "r+b").write(b"\xff" * 16), "truncated or corrupted"),
         (lambda d: _edit_config(d, resnet_time_scale_shift="scale_shift"),
          "unsupported resnet_time_scale_shift='scale_shift'"),
         (lambda d: _edit_config(d, downsample_padding=1), "unsupported downsample_padding=1"),
@@ -210,7 +211,7 @@ CONV1 = "down_blocks.1.resnets.0.conv1.weight"
         (lambda d: _edit_config(d, block_out_channels=[4, 8, 8, 16]), "lacks 2 tensor(s)"),
         (lambda d: _edit_config(d, up_block_types=["UpBlock2D"] * 4), "unsupported up_block_types"),
         (lambda d: _edit_config(d, norm_num_groups=8), "unsupported norm_num_groups=8"),
-        (lambda d: os.remove(os.path.join(d, hf.SAFETENSORS_NAME)), "no weights in"),
+        (lambda d: os.remove(os.path.join(d, SAFETENSORS_NAME)), "no weights in"),
     ],
     ids=["missing", "shape", "unexpected", "nan", "truncated", "corrupt_header", "scale_shift", "padding",
          "unknown_field", "widths", "up_types", "groups", "no_weights"],
@@ -250,8 +251,8 @@ def test_old_attention_names_and_pipeline_layout(tmp_path, loaded):
 def test_bin_needs_torch(tmp_path, monkeypatch):
     """A .bin checkpoint without torch installed: ImportError naming torch and the safetensors alternative."""
     d = _copy(tmp_path)
-    os.remove(os.path.join(d, hf.SAFETENSORS_NAME))
-    open(os.path.join(d, hf.BIN_NAME), "wb").write(b"not a pickle")
+    os.remove(os.path.join(d, SAFETENSORS_NAME))
+    open(os.path.join(d, BIN_NAME), "wb").write(b"not a pickle")
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match="needs torch"):
         load_diffusers_unet(d)
@@ -291,14 +292,15 @@ def test_config_contradicting_the_checkpoint_is_refused():
 
 def test_init_from_starts_training_from_imported_weights(loaded):
     """--mode=train's step-0 state: params and EMA equal the imported weights (no random init)."""
-    from diffax.training import builders, restore, sharding
+    from diffax.device_mesh import make_mesh
+    from diffax.training import builders, restore
 
     config = _fixture_config()
     for k, v in config_overrides(config.model.init_from).items():
         section, key = k.split(".")
         config[section][key] = v
     exp = builders.build(config)
-    state = restore.initial_state(exp, sharding.make_mesh())
+    state = restore.initial_state(exp, make_mesh())
     ref = loaded["ddpm_cifar10_tiny"][1]
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), b), state.params, ref))
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), b), state.ema_params, ref))
@@ -308,13 +310,13 @@ def test_cli_samples_with_init_from_and_no_checkpoint(tmp_path, ddim_cifar):
     """python -m diffax.main --config=configs/cifar10.py --config.model.init_from=<fixture> --mode=sample in an
     empty workdir (10-step DDIM, clip_x0 = 1, 2 samples): samples.npy equals diffax's DDIM on the loaded
     parameters from the same x_T (sample i's x_T: normal(split(fold_in(stream_key(seed, 'sample'), i))[0]),
-    `builders.per_example_sampler` and `samplers.ddim`), to float32 rounding: 1e-4 (two differently compiled
+    `sampler_builders.per_example_sampler` and `samplers.ddim`), to float32 rounding: 1e-4 (two differently compiled
     programs, batch 1 vs 2; measured 1.4e-5 after 10 steps; a wrong x_T or weight would be off by O(1))."""
-    from diffax.training import restore
+    from diffax.training import model_builders, restore
 
     d = os.path.join(FIXTURES, "ddpm_cifar10_tiny")
     overrides = {**config_overrides(d), "sampling.num_samples": 2, "sampling.method": "ddim", "sampling.num_steps": 10}
-    flags = [f"--config.{k}={builders_flag(v)}" for k, v in overrides.items() if v is not None]
+    flags = [f"--config.{k}={model_builders.flag_value(v)}" for k, v in overrides.items() if v is not None]
     workdir = tmp_path / "wd"
     cmd = [sys.executable, "-m", "diffax.main", "--config=configs/cifar10.py", f"--workdir={workdir}",
            "--mode=sample", f"--config.model.init_from={d}", *flags]  # fmt: skip
@@ -329,16 +331,10 @@ def test_cli_samples_with_init_from_and_no_checkpoint(tmp_path, ddim_cifar):
     assert float(np.std(x)) > 0.1  # not a constant picture
 
 
-def builders_flag(v) -> str:
-    from diffax.training import builders
-
-    return builders._flag_value(v)
-
-
 def test_pretrained_variant_agrees_with_ddpm_cifar10_32(tmp_path):
     """configs/cifar10.py:pretrained against google/ddpm-cifar10-32's config.json and scheduler config (as
     published; no weights needed for the check): no contradiction, and the model built is `ddpm_cifar10`'s."""
-    from diffax.training import builders, presets
+    from diffax.training import model_builders, presets
 
     unet = {"_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None,
             "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
@@ -354,7 +350,7 @@ def test_pretrained_variant_agrees_with_ddpm_cifar10_32(tmp_path):
     config = presets.load_config(os.path.join(REPO, "configs", "cifar10.py:pretrained"))
     assert config.model.init_from == "weights/ddpm-cifar10-32"
     config.model.init_from = str(tmp_path)
-    model = builders.build_model(config, (32, 32, 3))
+    model = model_builders.build_model(config, (32, 32, 3))
     ref = ddpm_cifar10()
     assert all(getattr(model, f) == getattr(ref, f) for f in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions",
                                                                 "dropout", "num_groups", "norm_eps", "freq_shift"))

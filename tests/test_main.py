@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from _processes import cpu_env, free_port
 
-from diffax import data, metrics
+from diffax import data
 from diffax import main as main_lib
-from diffax.evaluation import toys
+from diffax.evaluation import metrics, toys
 from diffax.training import evaluate, presets
 
 

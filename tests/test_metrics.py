@@ -1,4 +1,4 @@
-"""Tests for diffax.metrics: FID, KID, streaming statistics, IS, Wasserstein distances, mode weights."""
+"""Tests for diffax.evaluation.metrics: FID, KID, streaming statistics, IS, Wasserstein distances, mode weights."""
 
 import math
 
@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 from scipy.stats import wasserstein_distance
 
-from diffax import metrics
+from diffax.evaluation import metrics
 
 
 def _random_spd(rng, d, cond=10.0):

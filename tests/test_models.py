@@ -222,16 +222,16 @@ def _conv_loss(module, params, x):
 
 
 def test_conv_fast_paths_equal_flax_conv():
-    """`layers._conv` for a 1x1 kernel (`layers.Conv1x1`, a channel matmul) against ``nn.Conv``:
+    """`layers.conv` for a 1x1 kernel (`layers.Conv1x1`, a channel matmul) against ``nn.Conv``:
     the same parameter tree and initial values, the forward and the input gradient bitwise, the
     kernel gradient to float32 rounding (relative 1e-5 of its largest entry: a different summation order
     of the same 8*8*2 products), and forward-mode jvp in x equal to the forward (the conv is linear in x)."""
     import flax.linen as nn
 
-    from diffax.models.layers import _conv, default_init
+    from diffax.models.layers import conv, default_init
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 16)), jnp.float32)
-    fast = _conv(24, 1, name="c")
+    fast = conv(24, 1, name="c")
     ref = nn.Conv(24, (1, 1), padding="SAME", kernel_init=default_init(1.0), name="c")
     params = ref.init(jax.random.PRNGKey(0), x)
     p_fast = fast.init(jax.random.PRNGKey(0), x)
@@ -350,9 +350,9 @@ def test_inception_shapes_and_parameter_count():
 
 def test_inception_avg_pool_excludes_padding():
     # TF's (and pytorch-fid's patched) 3x3 average pool divides by the number of valid pixels.
-    from diffax.models.inception import _avg3
+    from diffax.models.inception import avg_pool3
     x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
-    got = np.asarray(_avg3(jnp.asarray(x)))[0, :, :, 0]
+    got = np.asarray(avg_pool3(jnp.asarray(x)))[0, :, :, 0]
     assert got[0, 0] == pytest.approx(np.mean(x[0, :2, :2, 0]), abs=1e-6)  # corner: 4 valid pixels
     assert got[0, 1] == pytest.approx(np.mean(x[0, :2, :3, 0]), abs=1e-6)  # edge: 6 valid pixels
     assert got[1, 1] == pytest.approx(np.mean(x[0, :3, :3, 0]), abs=1e-6)  # interior: 9

@@ -1,6 +1,6 @@
 """Training objectives and guided samplers through the config builders and the loop:
 NCSN (denoising score matching + annealed Langevin), the noise-aware classifier, and the
-guidance options of `builders.build_sampler` (classifier-free and classifier guidance).
+guidance options of `sampler_builders.build_sampler` (classifier-free and classifier guidance).
 
 Equalities between the builder path and the library functions composed by hand (random networks,
 no training), then two short runs through `diffax.main` with bounds on what they must reach.
@@ -21,7 +21,7 @@ from _compile import jit_once
 from diffax import diffusion, guidance, samplers, schedules
 from diffax import main as main_lib
 from diffax.models import MLP, Classifier
-from diffax.training import builders, presets, restore, step
+from diffax.training import model_builders, presets, restore, sampler_builders, step, train_builders
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +52,7 @@ def test_noisy_classifier_loss_is_cross_entropy_on_q_sample():
 
 
 def _toy_config(**sampling):
-    config = builders.base_config()
+    config = presets.base_config()
     config.data.name = "gmm2d"
     config.diffusion.num_timesteps = 30
     for k, v in sampling.items():
@@ -73,12 +73,12 @@ def test_build_sampler_classifier_free_guidance_equals_manual_composition():
     config = _toy_config(method="ddim", num_steps=10, guidance_w=2.0, clip_x0=1.0)
     config.model.num_classes = 3
     config.diffusion.p_uncond = 0.1  # CFG needs a trained null label
-    model = builders.build_model(config, (2,))
-    s = builders.build_schedule(config)
-    params = builders.init_params(model, jax.random.PRNGKey(0), (2,))
+    model = model_builders.build_model(config, (2,))
+    s = model_builders.build_schedule(config)
+    params = model_builders.init_params(model, jax.random.PRNGKey(0), (2,))
     params = _perturbed(params)
     key = jax.random.PRNGKey(1)
-    got = jax.jit(builders.build_sampler(config, model, s, (2,)), static_argnums=2)(params, key, 9)
+    got = jax.jit(sampler_builders.build_sampler(config, model, s, (2,)), static_argnums=2)(params, key, 9)
     y = jnp.arange(9, dtype=jnp.int32) % 3
     eps_fn = lambda x_t, t, labels: model.apply({"params": params}, x_t, t, y=labels, train=False)  # noqa: E731
     want = jax.jit(lambda k: samplers.ddim(guidance.classifier_free(eps_fn, y, w=2.0, null_label=3), s, k, (9, 2),
@@ -86,7 +86,7 @@ def test_build_sampler_classifier_free_guidance_equals_manual_composition():
     assert np.all(np.isfinite(np.asarray(want)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
     config.sampling.guidance_w = 0.0
-    plain = jax.jit(builders.build_sampler(config, model, s, (2,)), static_argnums=2)(params, key, 9)
+    plain = jax.jit(sampler_builders.build_sampler(config, model, s, (2,)), static_argnums=2)(params, key, 9)
     assert float(jnp.max(jnp.abs(plain - got))) > 1e-3
 
 
@@ -94,13 +94,13 @@ def test_build_sampler_classifier_guidance_equals_manual_composition():
     """sampling.classifier_scale = gamma with a (module, params) classifier: guidance.classifier with
     log f(y | x_t, t) = log_softmax(logits)_y toward labels i mod K, under ancestral DDPM (rtol 1e-5)."""
     config = _toy_config(method="ddpm", classifier_scale=1.5, clip_x0=1.0)
-    model = builders.build_model(config, (2,))
-    s = builders.build_schedule(config)
-    params = _perturbed(builders.init_params(model, jax.random.PRNGKey(0), (2,)))
+    model = model_builders.build_model(config, (2,))
+    s = model_builders.build_schedule(config)
+    params = _perturbed(model_builders.init_params(model, jax.random.PRNGKey(0), (2,)))
     clf = Classifier(num_classes=3, hidden=16, num_layers=1, time_conditional=True)
     clf_params = jit_once(clf.init, jax.random.PRNGKey(2), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))["params"]
     key = jax.random.PRNGKey(1)
-    sampler = builders.build_sampler(config, model, s, (2,), classifier=(clf, clf_params))
+    sampler = sampler_builders.build_sampler(config, model, s, (2,), classifier=(clf, clf_params))
     got = jax.jit(sampler, static_argnums=2)(params, key, 6)
     y = jnp.arange(6, dtype=jnp.int32) % 3
 
@@ -120,11 +120,11 @@ def test_build_sampler_ncsn_is_annealed_langevin_from_sigma_max_noise():
     samplers.annealed_langevin with ncsn_score_fn over build_sigmas (rtol 1e-5)."""
     config = _config("ncsn_toy2d")
     config.sampling.steps_per_level = 3
-    model = builders.build_model(config, (2,))
-    params = builders.init_params(model, jax.random.PRNGKey(0), (2,))
+    model = model_builders.build_model(config, (2,))
+    params = model_builders.init_params(model, jax.random.PRNGKey(0), (2,))
     key = jax.random.PRNGKey(4)
-    got = jax.jit(builders.build_sampler(config, model, None, (2,)), static_argnums=2)(params, key, 5)
-    sigmas = builders.build_sigmas(config)
+    got = jax.jit(sampler_builders.build_sampler(config, model, None, (2,)), static_argnums=2)(params, key, 5)
+    sigmas = train_builders.build_sigmas(config)
     np.testing.assert_allclose(np.asarray(sigmas)[[0, -1]], [3.0, 0.01], rtol=1e-6)
 
     @jax.jit
@@ -181,14 +181,14 @@ def test_build_sampler_classifier_guidance_passes_mean_type(mean_type):
     under DDIM (rtol 1e-5), and differs from guidance that treats the output as eps (the old defect)."""
     config = _toy_config(method="ddim", num_steps=10, classifier_scale=2.0, clip_x0=1.0)
     config.diffusion.mean_type = mean_type
-    model = builders.build_model(config, (2,))
-    s = builders.build_schedule(config)
-    params = _perturbed(builders.init_params(model, jax.random.PRNGKey(0), (2,)))
+    model = model_builders.build_model(config, (2,))
+    s = model_builders.build_schedule(config)
+    params = _perturbed(model_builders.init_params(model, jax.random.PRNGKey(0), (2,)))
     clf = Classifier(num_classes=3, hidden=16, num_layers=1, time_conditional=True)
     clf_params = jit_once(clf.init, jax.random.PRNGKey(2), jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))["params"]
     clf_params = _perturbed(clf_params, 0.5)
     key = jax.random.PRNGKey(1)
-    got = jax.jit(builders.build_sampler(config, model, s, (2,), classifier=(clf, clf_params)), static_argnums=2)(
+    got = jax.jit(sampler_builders.build_sampler(config, model, s, (2,), classifier=(clf, clf_params)), static_argnums=2)(
         params, key, 6)
     y = jnp.arange(6, dtype=jnp.int32) % 3
 
@@ -216,11 +216,11 @@ def test_build_sampler_respacing_honours_spacing(method):
     outs = {}
     for spacing in ("leading", "trailing"):
         config = _toy_config(method=method, num_steps=6, spacing=spacing)
-        model = builders.build_model(config, (2,))
-        s = builders.build_schedule(config)
-        params = _perturbed(builders.init_params(model, jax.random.PRNGKey(0), (2,)))
+        model = model_builders.build_model(config, (2,))
+        s = model_builders.build_schedule(config)
+        params = _perturbed(model_builders.init_params(model, jax.random.PRNGKey(0), (2,)))
         key = jax.random.PRNGKey(3)
-        got = np.asarray(jax.jit(builders.build_sampler(config, model, s, (2,)), static_argnums=2)(params, key, 5))
+        got = np.asarray(jax.jit(sampler_builders.build_sampler(config, model, s, (2,)), static_argnums=2)(params, key, 5))
         eps = lambda x_t, t: model.apply({"params": params}, x_t, t, train=False)  # noqa: E731
         sampler = samplers.ddpm if method == "ddpm" else samplers.ddim
         def manual(ts):  # timesteps are resolved before tracing
@@ -242,30 +242,30 @@ def test_build_schedule_scales_linear_betas_and_refuses_a_noisy_terminal():
     alpha-bar 0.36), unless allowed."""
     config = _toy_config()
     config.diffusion.num_timesteps = 100
-    s = builders.build_schedule(config)
+    s = model_builders.build_schedule(config)
     np.testing.assert_allclose(np.asarray(s.betas), np.linspace(1e-3, 0.2, 100), rtol=1e-6)
     assert float(s.alphas_cumprod[-1]) < 1e-3
     config.diffusion.beta_start, config.diffusion.beta_end = 1e-4, 0.02
     with pytest.raises(ValueError, match=r"alpha-bar_\(T-1\) = 0\.36.*max_terminal_alpha_bar"):
-        builders.build_schedule(config)
+        model_builders.build_schedule(config)
     config.diffusion.max_terminal_alpha_bar = 1.0
-    np.testing.assert_allclose(np.asarray(builders.build_schedule(config).betas), np.linspace(1e-4, 0.02, 100),
+    np.testing.assert_allclose(np.asarray(model_builders.build_schedule(config).betas), np.linspace(1e-4, 0.02, 100),
                                rtol=1e-6)  # fmt: skip
     config.diffusion.beta_end = None
     with pytest.raises(ValueError, match="set both diffusion.beta_start and diffusion.beta_end"):
-        builders.build_schedule(config)
+        model_builders.build_schedule(config)
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("clip_x0", 0.0, "sampling.clip_x0 must be None .* got 0.0"),
     ("clip_x0", -1.0, "sampling.clip_x0 must be None .* got -1.0"),
     ("guidance_w", 1.0, "p_uncond=0.0 its null label was never trained"),
-    ("spacing", "even", "sampling.spacing must be one of"),
+    ("spacing", "even", r"unknown sampling.spacing 'even'; allowed: \['leading', 'linspace', 'trailing'\]"),
 ])
 def test_build_sampler_refuses_settings_that_give_bad_samples(field, value, message):
     config = _toy_config(method="ddim", num_steps=10)
     config.model.num_classes = 3
     config.sampling[field] = value
-    model = builders.build_model(config, (2,))
+    model = model_builders.build_model(config, (2,))
     with pytest.raises(ValueError, match=message):
-        builders.build_sampler(config, model, builders.build_schedule(config), (2,))
+        sampler_builders.build_sampler(config, model, model_builders.build_schedule(config), (2,))

@@ -301,3 +301,31 @@ def test_geometric_sigmas():
     np.testing.assert_allclose(ratios, (0.01 / 50.0) ** (1 / 9), rtol=1e-5)
     with pytest.raises(ValueError, match="sigma_min"):
         schedules.geometric_sigmas(0.01, 50.0, 10)
+
+
+def test_leading_and_improved_diffusion_refuse_what_the_docstring_says():
+    """`space_timesteps`' docstring, checked for every T <= 150 and 1 <= N <= T: 'leading' refuses exactly
+    T/2 < N < T; improved-diffusion's ddimN (`_improved_diffusion_ddim`) accepts exactly the N = ceil(T / i) of
+    an integer stride 1 <= i < T, which above T/2 is N = T and, for odd T, N = (T + 1) / 2 (stride 2, ending at
+    T - 1), which 'leading' refuses: 500 of 999. And 300 / 400 of 1000: accepted by 'leading' (first step 897 /
+    798), refused by improved-diffusion."""
+    for T in range(1, 151):
+        strides = {-(-T // i) for i in range(1, T)}
+        for N in range(1, T + 1):
+            refused = T / 2 < N < T
+            try:
+                schedules.space_timesteps(T, N, "leading")
+                assert not refused, (T, N)
+            except ValueError:
+                assert refused, (T, N)
+            ref = _improved_diffusion_ddim(T, N)
+            assert (ref is not None) == (N in strides), (T, N)
+            if ref is not None and N > T / 2:
+                assert N == T or (T % 2 == 1 and N == (T + 1) // 2 and ref[-1] == T - 1), (T, N, ref)
+    with pytest.raises(ValueError, match="'linspace' or 'trailing'"):
+        schedules.space_timesteps(999, 500, "leading")
+    np.testing.assert_array_equal(_improved_diffusion_ddim(999, 500), np.arange(0, 999, 2))
+    for N, first in ((300, 897), (400, 798)):
+        assert schedules.space_timesteps(1000, N, "leading")[-1] == first and _improved_diffusion_ddim(1000, N) is None
+    abar = np.asarray(schedules.linear(1000).alphas_cumprod, np.float64)
+    np.testing.assert_allclose([abar[897], abar[798], abar[999]], [2.9e-4, 1.6e-3, 4.0e-5], rtol=0.05)

@@ -1,6 +1,6 @@
 """Train state, optimizer, EMA, loss functions and the train step (single process).
 
-Multi-device / multi-process equivalence is in tests/test_sharding.py.
+Multi-device / multi-process equivalence is in tests/test_device_mesh.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 
 from _compile import jit_once
 from diffax import oracles, schedules
+from diffax.device_mesh import make_mesh, replicate, shard_batch
 from diffax.models import MLP
 from diffax.training import (
     TrainState,
@@ -25,11 +26,8 @@ from diffax.training import (
     ema_update,
     jit_train_step,
     make_lr_schedule,
-    make_mesh,
     make_optimizer,
     make_train_step,
-    replicate,
-    shard_batch,
 )
 from diffax import importance_sampling
 from diffax.training.step import LOSS_HISTORY, PER_EXAMPLE_T, PER_EXAMPLE_VB, drop_labels

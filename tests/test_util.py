@@ -14,7 +14,7 @@ from diffax import _util, dpm_solver, interpolation, samplers, schedules
 
 
 def test_check_choice_names_the_value_and_the_allowed_ones():
-    _util.check_choice("spacing", "leading", ("leading", "trailing"))  # allowed: no error
+    assert _util.check_choice("spacing", "leading", ("leading", "trailing")) == "leading"  # allowed: returned
     with pytest.raises(ValueError, match=r"unknown spacing 'lead'; allowed: \['leading', 'trailing'\]"):
         _util.check_choice("spacing", "lead", ("leading", "trailing"))
 
@@ -79,10 +79,10 @@ def test_the_samplers_resolve_their_grids_through_the_one_helper():
     s = schedules.linear(T, 1e-3, 0.2)
     given = np.array([40, 25, 10, 0])
     want = np.array([0, 10, 25, 40])
-    np.testing.assert_array_equal(samplers._ddim_timesteps(T, None, given, "leading"), want)
-    np.testing.assert_array_equal(dpm_solver._grid(s, None, given, "time_uniform", "denoise"), want[::-1])
+    np.testing.assert_array_equal(samplers.ddim_timesteps(s, timesteps=given), want)
+    np.testing.assert_array_equal(dpm_solver.dpm_solver_timesteps(s, timesteps=given), want[::-1])
     np.testing.assert_array_equal(
-        samplers._ddim_timesteps(T, 7, None, "linspace"), _util.resolve_timesteps(T, 7, None, "linspace")
+        samplers.ddim_timesteps(s, 7, "linspace"), _util.resolve_timesteps(T, 7, None, "linspace")
     )
     assert not hasattr(interpolation, "_resolve_timesteps")  # the former copy is gone
 
@@ -156,3 +156,56 @@ def test_write_atomic_failure_leaves_the_old_file(tmp_path, monkeypatch):
         _util.write_atomic(str(path), "new")
     assert path.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["f.json"]
+
+
+def test_write_atomic_fsyncs_the_file_then_the_directory(tmp_path, monkeypatch):
+    """Durability: the data are fsynced before the rename and the directory after it (else a power loss
+    may lose the rename, or keep it over an empty file). Checked by the inode each fsynced fd refers to."""
+    path = tmp_path / "f.json"
+    synced: list[tuple[int, bool]] = []  # (inode, whether path existed yet) per fsync call
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append((os.fstat(fd).st_ino, path.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    _util.write_atomic(path, "new")
+    assert path.read_text() == "new"
+    # the file's inode (renamed, so now path's) before the rename; the directory's after it
+    assert synced == [(os.stat(path).st_ino, False), (os.stat(tmp_path).st_ino, True)]
+
+
+def test_write_atomic_raising_midway_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A write that fails after the temporary file exists (here its fsync) removes it and keeps the old file."""
+    path = tmp_path / "f.json"
+    path.write_bytes(b"old")
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        _util.write_atomic(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["f.json"]
+
+
+def test_npz_bytes_are_what_np_savez_writes(tmp_path):
+    arrays = {"samples": np.arange(24, dtype=np.uint8).reshape(2, 3, 4), "labels": np.arange(2, dtype=np.int32)}
+    np.savez(tmp_path / "a.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == _util.npz_bytes(**arrays)
+
+
+def test_sha256_of_array_formulas():
+    """Plain: sha256 of the C-order bytes (the checkpoint checksum, recomputable with hashlib alone); with
+    the shape: of repr((shape, dtype)) then the bytes (the FID reference cache key: same bytes, another
+    shape -> another digest). Both are pinned, since saved checkpoints and cached file names hold them."""
+    import hashlib
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert _util.sha256_of_array(x) == hashlib.sha256(x.tobytes()).hexdigest()
+    assert _util.sha256_of_array(x.T) == hashlib.sha256(np.ascontiguousarray(x.T).tobytes()).hexdigest()
+    assert _util.sha256_of_array(x, with_shape=True) == hashlib.sha256(b"((2, 3), 'float32')" + x.tobytes()).hexdigest()
+    assert _util.sha256_of_array(x.reshape(3, 2), with_shape=True) != _util.sha256_of_array(x, with_shape=True)
+    assert _util.sha256_of_array(x.reshape(3, 2)) == _util.sha256_of_array(x)

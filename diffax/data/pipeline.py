@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffax._util import check_int
+
 __all__ = ["Batches"]
 
 PERM_TAG = 0x5045524D  # "PERM"
 FLIP_TAG = 0x464C4950  # "FLIP"
-
-
-def _check_int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return int(value)
 
 
 class _ArrayPair:
@@ -115,13 +111,13 @@ class Batches:
         to_float: bool = True,
         num_epochs: int | None = None,
     ):
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.process_count = _check_int("process_count", process_count, 1)
-        self.process_index = _check_int("process_index", process_index, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.process_count = check_int("process_count", process_count, 1)
+        self.process_index = check_int("process_index", process_index, 0)
         if self.process_index >= self.process_count:
             raise ValueError(f"process_index must be in [0, {self.process_count}), got {process_index}")
-        self.num_epochs = None if num_epochs is None else _check_int("num_epochs", num_epochs, 1)
+        self.num_epochs = None if num_epochs is None else check_int("num_epochs", num_epochs, 1)
         self.shuffle, self.drop_remainder = bool(shuffle), bool(drop_remainder)
         self.random_flip, self.to_float = bool(random_flip), bool(to_float)
 

@@ -16,8 +16,8 @@ agrees with the label the sampler was asked for).
     fid = feature_fid(samples, ref, model=model, params=params, batch_size=500)
 
 Everything runs on the host in batches of a fixed size (the last batch is zero-padded, so one
-compilation serves any number of samples) through one jitted entry point, `_apply_features`; the
-statistics are accumulated in float64 with `diffax.metrics.stats_update` (Chan et al.'s pairwise
+compilation serves any number of samples) through one jitted entry point, `apply_features`; the
+statistics are accumulated in float64 with `diffax.evaluation.metrics.stats_update` (Chan et al.'s pairwise
 update), so they do not depend on the batch size beyond float32 rounding of the features.
 Files: `save_classifier` writes ONE msgpack file holding the model's hyperparameters (JSON) and its
 params (`flax.serialization`), which `load_classifier` reads back bitwise.
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax._util import check_int, npz_bytes, write_atomic
 from diffax.evaluation import metrics
 from diffax.evaluation.batching import padded_batches
 from diffax.models import Classifier
@@ -43,6 +44,7 @@ from diffax.models import Classifier
 __all__ = [
     "save_classifier",
     "load_classifier",
+    "apply_features",
     "classifier_outputs",
     "feature_stats",
     "save_feature_stats",
@@ -88,8 +90,8 @@ def save_classifier(path: str | os.PathLike, model: Classifier, params: Any) -> 
 
     Content: ``{'format': 'diffax.classifier/1', 'config': <JSON of the Classifier fields>,
     'params': <params as numpy arrays>}`` serialized by ``flax.serialization.msgpack_serialize``
-    (raw array bytes, so `load_classifier` returns the params bitwise). Written to a temporary
-    file and renamed into place, so a crash never leaves a torn file.
+    (raw array bytes, so `load_classifier` returns the params bitwise). Written atomically
+    (`diffax._util.write_atomic`), so a crash never leaves a torn file.
     """
     if not isinstance(model, Classifier):
         raise ValueError(f"save_classifier expects a diffax.models.Classifier, got {type(model).__name__}")
@@ -101,12 +103,7 @@ def save_classifier(path: str | os.PathLike, model: Classifier, params: Any) -> 
     }
     data = flax.serialization.msgpack_serialize(payload)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[Classifier, Any]:
@@ -127,15 +124,13 @@ def load_classifier(path: str | os.PathLike) -> tuple[Classifier, Any]:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _apply_features(model: Classifier, params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The jit boundary: ``model.apply(params, x, return_features=True)`` -> (logits, features)."""
+def apply_features(model: Classifier, params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The jit boundary: ``model.apply(params, x, return_features=True)`` -> (logits, features).
+
+    Jitted with ``model`` static: one compilation per (model, batch shape), which is why the callers
+    below feed it batches of one fixed size.
+    """
     return model.apply(params, x, train=False, return_features=True)
-
-
-def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    return int(batch_size)
 
 
 def _check_model(model: Classifier) -> None:
@@ -165,10 +160,10 @@ def classifier_outputs(
     compilation of ``model.apply(params, x, return_features=True)`` serves any N.
     """
     _check_model(model)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     logits, feats = [], []
     for chunk, n in _batches(samples, batch_size):
-        lg, ft = jax.device_get(_apply_features(model, params, jnp.asarray(chunk)))
+        lg, ft = jax.device_get(apply_features(model, params, jnp.asarray(chunk)))
         logits.append(lg[:n])
         feats.append(ft[:n])
     return np.concatenate(logits), np.concatenate(feats)
@@ -177,14 +172,14 @@ def classifier_outputs(
 def feature_stats(samples, *, model: Classifier, params: Any, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """(mu (F,), sigma (F, F)) of the penultimate features of ``samples``, float64, unbiased 1/(N-1).
 
-    Accumulated batch by batch with `diffax.metrics.stats_update` (Chan, Golub & LeVeque 1979), so
+    Accumulated batch by batch with `diffax.evaluation.metrics.stats_update` (Chan, Golub & LeVeque 1979), so
     only O(F^2) memory is kept however many samples there are.
     """
     _check_model(model)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     stats = None
     for chunk, n in _batches(samples, batch_size):
-        _, ft = jax.device_get(_apply_features(model, params, jnp.asarray(chunk)))
+        _, ft = jax.device_get(apply_features(model, params, jnp.asarray(chunk)))
         if stats is None:
             stats = metrics.stats_init(int(ft.shape[1]))
         stats = metrics.stats_update(stats, ft[:n])
@@ -192,11 +187,13 @@ def feature_stats(samples, *, model: Classifier, params: Any, batch_size: int = 
 
 
 def save_feature_stats(path: str | os.PathLike, mu, sigma, *, n: int, features=None) -> None:
-    """Writes ``mu``, ``sigma`` (float64), ``n`` and optionally the raw ``features`` (for KID) to an .npz."""
+    """Writes ``mu``, ``sigma`` (float64), ``n`` and optionally the raw ``features`` (for KID) to an .npz,
+    atomically (`diffax._util.write_atomic`); as with ``np.savez``, ``.npz`` is appended to a path without it."""
     arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), n=np.asarray(n, np.int64))
     if features is not None:
         arrays["features"] = np.asarray(features)
-    np.savez(path, **arrays)
+    path = os.fspath(path)
+    write_atomic(path if path.endswith(".npz") else path + ".npz", npz_bytes(**arrays))
 
 
 def load_feature_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +211,7 @@ def feature_fid(samples, ref_stats, *, model: Classifier, params: Any, batch_siz
     """Classifier FID: Fréchet distance between the feature Gaussians of ``samples`` and ``ref_stats``.
 
     d^2 = ||mu_s - mu_r||^2 + tr(S_s + S_r - 2 (S_s S_r)^{1/2})  (Heusel et al. 2017, eq. 6; computed by
-    `diffax.metrics.frechet_distance`), with (mu_s, S_s) = `feature_stats` of the samples and
+    `diffax.evaluation.metrics.frechet_distance`), with (mu_s, S_s) = `feature_stats` of the samples and
     ``ref_stats = (mu_r, S_r)`` (e.g. from `load_feature_stats`). Biased upwards for small N
     (the covariance estimate's noise); compare values only at equal N.
     """
@@ -241,7 +238,7 @@ def feature_kid(
     """Classifier KID: (mean, std) over subsets of the unbiased cubic-kernel MMD^2 between features.
 
     MMD^2_u with k(a, b) = (a.b / F + 1)^3 between the features of ``samples`` and ``ref_features``
-    (N_r, F) (Binkowski et al. 2018; `diffax.metrics.kernel_inception_distance`). Unbiased: its
+    (N_r, F) (Binkowski et al. 2018; `diffax.evaluation.metrics.kernel_inception_distance`). Unbiased: its
     expectation is 0 when samples and reference come from one distribution.
     """
     _, feats = classifier_outputs(samples, model=model, params=params, batch_size=batch_size)

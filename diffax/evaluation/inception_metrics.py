@@ -1,11 +1,11 @@
 """FID, Inception Score and KID with the FID Inception-v3, computed the way the papers compute them.
 
 - **Inputs**: uint8 images (N, H, W, 3) or (N, H, W, 1) (grey repeated to RGB, as PIL's ``convert('RGB')``
-  in pytorch-fid). Samples are quantised to uint8 first (`diffax.training.sampling.to_uint8`), exactly as
+  in pytorch-fid). Samples are quantised to uint8 first (`diffax.evaluation.images.to_uint8`), exactly as
   pytorch-fid sees them through saved PNGs; then x = u / 127.5 - 1, resized bilinearly to 299x299 inside
   `diffax.models.inception.InceptionV3` (pytorch-fid: ``F.interpolate(..., align_corners=False)``, 2x - 1).
 - **Features**, `inception_outputs`: batches of the images, rows split over every device of every process
-  (`diffax.evaluation.sharded`), one jitted program. Per batch it returns the pool3 features (2048-d),
+  (`diffax.device_mesh`), one jitted program. Per batch it returns the pool3 features (2048-d),
   the logits without the fc bias, and the batch's centred moments (mean, scatter sum (x - mean)(x - mean)^T,
   on the devices in float32 at full matmul precision), merged on the host in float64 by Chan's rule
   (`metrics.stats_merge`). Convolutions and matmuls run at 'highest' precision (no TF32), so FID does not
@@ -40,9 +40,10 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from diffax._util import npz_bytes, write_atomic
 from diffax.evaluation import metrics
 from diffax.evaluation.batching import pad_to
-from diffax.evaluation.sharded import gather_rows, global_batch_size, put_rows, replicate, replicated, row_sharding
+from diffax.device_mesh import gather_rows, global_batch_size, put_rows, replicate, replicated, row_sharding
 from diffax.models.inception import POOL3_DIM, InceptionV3, load_fid_weights
 
 __all__ = ["IS_NUM_SPLITS", "KID_NUM_SUBSETS", "KID_SUBSET_SIZE", "InceptionOutputs", "Reference", "file_sha256",
@@ -86,17 +87,26 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def load_inception(path: str | os.PathLike, *, model: InceptionV3 | None = None) -> tuple[InceptionV3, dict]:
     """(model, variables) of the FID Inception-v3 from pytorch-fid's weights at ``path`` (.npz, or .pth with
-    torch; `load_fid_weights`). ``model`` defaults to ``InceptionV3()`` (299x299 input, as FID)."""
+    torch; `load_fid_weights`). ``model`` defaults to ``InceptionV3()`` (299x299 input, as FID).
+
+    ``path`` is the setting eval.inception_weights: a missing, unreadable (garbage, truncated) or wrong file
+    raises FileNotFoundError / ValueError ``eval.inception_weights=PATH: what is wrong`` (one line)."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"eval.inception_weights: no file {os.path.abspath(path)!r} (pytorch-fid's "
-                                "pt_inception-2015-12-05-6726825d.pth, or that state dict saved as .npz)")  # fmt: skip
-    return model or InceptionV3(), load_fid_weights(path)
+        raise FileNotFoundError(f"eval.inception_weights={path}: no such file ({os.path.abspath(path)}); expected "
+                                "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or that state dict saved as "
+                                ".npz")  # fmt: skip
+    try:
+        variables = load_fid_weights(path)
+    except ValueError as e:  # its message starts with the path
+        raise ValueError(f"eval.inception_weights={e}") from e
+    return model or InceptionV3(), variables
 
 
 def _as_rgb_uint8(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise ValueError(f"Inception metrics take uint8 images (quantise samples with sampling.to_uint8 first), "
+        raise ValueError(f"Inception metrics take uint8 images (quantise samples with images.to_uint8 first), "
                          f"got dtype {images.dtype}")  # fmt: skip
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be (N, H, W, 3) or (N, H, W, 1), got shape {images.shape}")
@@ -177,7 +187,7 @@ def reference_stats(images: np.ndarray, model: InceptionV3, variables: Any, mesh
 
 def save_reference(path: str | os.PathLike, reference: Reference, **meta: str) -> None:
     """Writes ``mu``, ``sigma`` (float64), ``num_images``, ``features`` (if any) and string ``meta`` entries
-    to ``path`` (.npz), atomically (a temporary file renamed into place)."""
+    to ``path`` (.npz), atomically (`diffax._util.write_atomic`)."""
     path = os.fspath(path)
     arrays: dict[str, Any] = dict(mu=reference.mu, sigma=reference.sigma)
     if reference.num_images is not None:
@@ -185,9 +195,7 @@ def save_reference(path: str | os.PathLike, reference: Reference, **meta: str) -
     if reference.features is not None:
         arrays["features"] = np.asarray(reference.features, np.float32)
     arrays.update({k: np.asarray(str(v)) for k, v in meta.items()})
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_atomic(path, npz_bytes(**arrays))
 
 
 def load_reference(path: str | os.PathLike) -> Reference:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffax import dpm_solver, likelihood, ode, oracles, samplers, schedules
+from diffax import dpm_solver, likelihood, ode, oracles, processes, samplers, schedules
 from diffax.schedules import Schedule
 
 __all__ = ["GRID_8BIT", "discretized_gaussian_vlb", "sampler_convergence_orders"]
@@ -75,7 +75,7 @@ def sampler_convergence_orders(mix: oracles.GaussianMixture, s: Schedule, *, ste
     T = s.num_timesteps
     shape = (n, mix.dim)
     x_T = jax.random.normal(jax.random.PRNGKey(0), shape)
-    sde = ode.ContinuousVP.from_schedule(s)
+    sde = processes.ContinuousVP.from_schedule(s)
     ref, _ = ode.ode_solve(ode.oracle_score_fn(mix, sde), sde, x_T, t0=1.0, t1=(k_end + 1) / T, rtol=1e-10, atol=1e-10)
     steps = np.asarray(steps)
     errs: dict[str, list[float]] = {"dpm_2m": [], "ddim": []}

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffax.models.layers import Downsample, ResBlock, _conv, _dense, group_norm, timestep_embedding
+from diffax.models.layers import Downsample, ResBlock, conv, dense, group_norm, timestep_embedding
 
 Array = jax.Array
 
@@ -60,22 +60,22 @@ class Classifier(nn.Module):
                 raise ValueError("time_conditional=True needs t, got None")
             t = jnp.broadcast_to(jnp.asarray(t), (b,))
             emb_dim = self.time_embed_dim or (self.ch if x.ndim == 4 else 64)
-            temb = _dense(width, dtype=self.dtype, name="temb_dense0")(
+            temb = dense(width, dtype=self.dtype, name="temb_dense0")(
                 timestep_embedding(t, emb_dim).astype(self.dtype))
-            temb = _dense(width, dtype=self.dtype, name="temb_dense1")(nn.silu(temb))
+            temb = dense(width, dtype=self.dtype, name="temb_dense1")(nn.silu(temb))
 
         if x.ndim == 4:
             feats = self._image_features(x, temb, train)
         else:
             feats = self._vector_features(x, temb, train)
-        logits = _dense(self.num_classes, dtype=self.dtype, name="logits")(feats)
+        logits = dense(self.num_classes, dtype=self.dtype, name="logits")(feats)
         return (logits, feats) if return_features else logits
 
     def _image_features(self, x: Array, temb: Array | None, train: bool) -> Array:
         factor = 2 ** (len(self.ch_mult) - 1)
         if x.shape[1] % factor or x.shape[2] % factor:
             raise ValueError(f"H, W = {x.shape[1:3]} must be divisible by 2**(len(ch_mult)-1) = {factor}")
-        h = _conv(self.ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+        h = conv(self.ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         for i_level, mult in enumerate(self.ch_mult):
             for i_block in range(self.num_res_blocks):
                 h = ResBlock(out_ch=self.ch * mult, dropout=self.dropout, num_groups=self.num_groups,
@@ -86,11 +86,11 @@ class Classifier(nn.Module):
         return jnp.mean(h, axis=(1, 2))
 
     def _vector_features(self, x: Array, temb: Array | None, train: bool) -> Array:
-        h = _dense(self.hidden, dtype=self.dtype, name="dense_in")(x.astype(self.dtype))
+        h = dense(self.hidden, dtype=self.dtype, name="dense_in")(x.astype(self.dtype))
         for i in range(self.num_layers):
-            r = _dense(self.hidden, dtype=self.dtype, name=f"block_{i}_dense1")(nn.silu(h))
+            r = dense(self.hidden, dtype=self.dtype, name=f"block_{i}_dense1")(nn.silu(h))
             if temb is not None:
-                r = r + _dense(self.hidden, dtype=self.dtype, name=f"block_{i}_temb")(nn.silu(temb))
+                r = r + dense(self.hidden, dtype=self.dtype, name=f"block_{i}_temb")(nn.silu(temb))
             r = nn.Dropout(rate=self.dropout, deterministic=not train)(nn.silu(r))
-            h = h + _dense(self.hidden, dtype=self.dtype, name=f"block_{i}_dense2")(r)
+            h = h + dense(self.hidden, dtype=self.dtype, name=f"block_{i}_dense2")(r)
         return nn.silu(h)

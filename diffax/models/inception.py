@@ -17,12 +17,19 @@ Input: NHWC images in [-1, 1]; resized (bilinear, half-pixel centres, as pytorch
 
 Random weights for tests and dry runs (no download): `random_fid_state_dict` / `save_random_fid_weights`,
 or from the shell ``python experiments/random_inception_weights.py PATH.npz [--seed 0]``.
+
+Checked against pytorch-fid's own network: tests/fixtures/inception_random_features.npz holds its pool3
+features and logits of 4 images with fixed random weights (experiments/make_inception_fixture.py);
+test_inception_metrics.py loads the same weights here and compares (1e-5 of the largest feature).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import pickle
+import zipfile
+import zlib
 from typing import Any
 
 import flax.linen as nn
@@ -32,8 +39,8 @@ import numpy as np
 
 Array = jax.Array
 
-__all__ = ["InceptionV3", "load_fid_weights", "random_fid_state_dict", "save_random_fid_weights", "FID_NUM_CLASSES",
-           "POOL3_DIM", "FID_INPUT_SIZE"]  # fmt: skip
+__all__ = ["InceptionV3", "avg_pool3", "load_fid_weights", "fid_state_dict_shapes", "random_fid_state_dict",
+           "save_random_fid_weights", "FID_NUM_CLASSES", "POOL3_DIM", "FID_INPUT_SIZE"]  # fmt: skip
 
 FID_NUM_CLASSES = 1008
 POOL3_DIM = 2048
@@ -61,8 +68,9 @@ class BasicConv2d(nn.Module):
         return nn.relu(x)
 
 
-def _avg3(x: Array) -> Array:
-    # TF's average pool ignores the zero padding (pytorch-fid's count_include_pad=False patch).
+def avg_pool3(x: Array) -> Array:
+    """3x3 average pool, stride 1, padding 1, averaging only the real (unpadded) inputs: TF's average pool,
+    which pytorch-fid reproduces with count_include_pad=False."""
     return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
 
 
@@ -81,7 +89,7 @@ class InceptionA(nn.Module):
         b3 = BasicConv2d(64, name="branch3x3dbl_1")(x)
         b3 = BasicConv2d(96, (3, 3), padding=1, name="branch3x3dbl_2")(b3)
         b3 = BasicConv2d(96, (3, 3), padding=1, name="branch3x3dbl_3")(b3)
-        bp = BasicConv2d(self.pool_features, name="branch_pool")(_avg3(x))
+        bp = BasicConv2d(self.pool_features, name="branch_pool")(avg_pool3(x))
         return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
@@ -110,7 +118,7 @@ class InceptionC(nn.Module):
         bd = BasicConv2d(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd)
         bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
         bd = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
-        bp = BasicConv2d(192, name="branch_pool")(_avg3(x))
+        bp = BasicConv2d(192, name="branch_pool")(avg_pool3(x))
         return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
@@ -142,7 +150,7 @@ class InceptionE(nn.Module):
         bd = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
                               BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], axis=-1)
         if self.pool == "avg":
-            pooled = _avg3(x)
+            pooled = avg_pool3(x)
         else:
             pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
         bp = BasicConv2d(192, name="branch_pool")(pooled)
@@ -215,32 +223,62 @@ def _torch_to_flax(key: str, value: np.ndarray) -> tuple[str, tuple[str, ...], n
     raise ValueError(f"unexpected key in FID Inception weights: {key!r}")
 
 
+# What reading damaged bytes raises: zip (truncated, bad CRC), zlib, numpy's pickle refusal, torch's readers.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, RuntimeError,
+                pickle.UnpicklingError, AttributeError, TypeError, IndexError)  # fmt: skip
+
+
+def _read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """{key: array} of a state dict saved as .npz (key -> array) or, with torch, as .pth / .pt; ValueError
+    starting with ``path`` and saying what is wrong for a file that is not one (garbage bytes, truncated)."""
+    if path.endswith(".npz"):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not an .npz file (not a zip archive: garbage or truncated?); expected "
+                             "pytorch-fid's Inception state dict saved with numpy.savez")  # fmt: skip
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: np.asarray(f[k]) for k in f.files}
+        except _READ_ERRORS as e:
+            raise ValueError(f"{path}: damaged or unreadable .npz ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]})") from e  # fmt: skip
+    if path.endswith((".pth", ".pt")):
+        try:
+            import torch  # noqa: PLC0415  (optional dependency)
+        except ImportError as e:
+            raise ValueError(f"{path}: reading a .pth needs torch; convert it to .npz where torch is installed ("
+                             "np.savez(out, **{k: v.numpy() for k, v in torch.load(pth).items()}))") from e  # fmt: skip
+        try:
+            state = torch.load(path, map_location="cpu")
+            if not isinstance(state, dict):
+                raise TypeError(f"holds a {type(state).__name__}, not a state dict")
+            return {k: v.numpy() for k, v in state.items()}
+        except _READ_ERRORS as e:
+            raise ValueError(f"{path}: damaged or unreadable torch state dict ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]})") from e  # fmt: skip
+    raise ValueError(f"{path}: FID weights must be a .npz (or .pth with torch)")
+
+
 def load_fid_weights(path: str | os.PathLike, *, template: Any | None = None) -> dict:
     """Reads the pytorch-fid Inception weights from a local file into Flax variables (no download).
 
     ``path``: a ``.npz`` of the PyTorch state dict (key -> array; ``num_batches_tracked`` ignored) or,
     if torch is installed, the ``.pth`` itself. Returns ``{'params': ..., 'batch_stats': ...}`` for
     ``InceptionV3().apply``. Every variable of the model must be present with the right shape
-    (checked against ``template``, by default the abstract init of ``InceptionV3()``), else ValueError.
+    (checked against ``template``, by default the abstract init of ``InceptionV3()``). A file that cannot
+    be read (garbage, truncated) or does not hold these weights: ValueError whose message starts with
+    ``path``.
     """
     path = os.fspath(path)
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            state = {k: np.asarray(f[k]) for k in f.files}
-    elif path.endswith((".pth", ".pt")):
-        try:
-            import torch  # noqa: PLC0415  (optional dependency)
-        except ImportError as e:
-            raise ValueError(f"reading {path!r} needs torch; convert it to .npz where torch is installed") from e
-        state = {k: v.numpy() for k, v in torch.load(path, map_location="cpu").items()}
-    else:
-        raise ValueError(f"FID weights must be a .npz (or .pth with torch), got {path!r}")
+    state = _read_state_dict(path)
 
     variables: dict = {"params": {}, "batch_stats": {}}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
             continue
-        col, keys, arr = _torch_to_flax(key, value)
+        try:
+            col, keys, arr = _torch_to_flax(key, value)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
         node = variables[col]
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -254,7 +292,7 @@ def load_fid_weights(path: str | os.PathLike, *, template: Any | None = None) ->
         missing = sorted(set(want) - set(got))[:5]
         extra = sorted(set(got) - set(want))[:5]
         bad = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:5]
-        raise ValueError(f"FID weights in {path!r} do not match InceptionV3: missing {missing}, "
+        raise ValueError(f"{path}: the FID weights do not match InceptionV3: missing {missing}, "
                          f"unexpected {extra}, wrong shape {bad}")
     return variables
 
@@ -270,6 +308,16 @@ def _flax_to_torch(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str, 
     return ".".join(mods) + "." + name, shape
 
 
+def fid_state_dict_shapes() -> dict[str, tuple[int, ...]]:
+    """{PyTorch state-dict key: shape} of every tensor ``load_fid_weights`` needs (pytorch-fid's
+    ``fid_inception_v3`` layout without ``num_batches_tracked``), in the order of the Flax variables."""
+    out = {}
+    for p, leaf in jax.tree_util.tree_leaves_with_path(_variable_shapes()):
+        key, shape = _flax_to_torch(tuple(k.key for k in p), tuple(leaf.shape))
+        out[key] = shape
+    return out
+
+
 def random_fid_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights in pytorch-fid's state-dict format (float32 NumPy; `load_fid_weights` reads them).
 
@@ -278,12 +326,9 @@ def random_fid_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
     mean ~ N(0, 0.1^2), running variance ~ U(0.8, 1.2), so activations stay O(1) through the 94
     layers and the features are non-degenerate. Deterministic in ``seed`` (NumPy generator).
     """
-    template = _variable_shapes()
     rng = np.random.default_rng(seed)
     state = {}
-    for p, leaf in jax.tree_util.tree_leaves_with_path(template):
-        path = tuple(k.key for k in p)
-        key, shape = _flax_to_torch(path, tuple(leaf.shape))
+    for key, shape in fid_state_dict_shapes().items():
         name = key.rsplit(".", 1)[-1]
         if name == "weight" and len(shape) in (2, 4):
             value = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / np.prod(shape[1:])))

@@ -34,6 +34,8 @@ __all__ = [
     "ResBlock",
     "AttnBlock",
     "Conv1x1",
+    "conv",
+    "dense",
 ]
 
 
@@ -129,15 +131,18 @@ class Conv1x1(nn.Module):
         return jnp.einsum("...c,co->...o", x, kernel[0, 0]) + bias
 
 
-def _conv(features: int, kernel: int = 3, *, stride: int = 1, init_scale: float = 1.0, dtype=jnp.float32,
-          name: str | None = None) -> nn.Module:
+def conv(features: int, kernel: int = 3, *, stride: int = 1, init_scale: float = 1.0, dtype=jnp.float32,
+         name: str | None = None) -> nn.Module:
+    """A 'SAME'-padded square convolution with DDPM's init (`default_init(init_scale)`); a 1x1, stride-1
+    kernel is the channel matmul `Conv1x1` (same parameters as ``nn.Conv``)."""
     if kernel == 1 and stride == 1:
         return Conv1x1(features, kernel_init=default_init(init_scale), dtype=dtype, name=name)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    kernel_init=default_init(init_scale), dtype=dtype, name=name)
 
 
-def _dense(features: int, *, init_scale: float = 1.0, dtype=jnp.float32, name: str | None = None) -> nn.Dense:
+def dense(features: int, *, init_scale: float = 1.0, dtype=jnp.float32, name: str | None = None) -> nn.Dense:
+    """``nn.Dense`` with DDPM's init (`default_init(init_scale)`)."""
     return nn.Dense(features, kernel_init=default_init(init_scale), dtype=dtype, name=name)
 
 
@@ -160,7 +165,7 @@ class Downsample(nn.Module):
         if x.shape[1] % 2 or x.shape[2] % 2:
             raise ValueError(f"Downsample needs even H and W, got {x.shape[1:3]}")
         if self.with_conv:
-            return _conv(x.shape[-1], stride=2, dtype=self.dtype, name="conv")(x)
+            return conv(x.shape[-1], stride=2, dtype=self.dtype, name="conv")(x)
         return _avg_down2(x)
 
 
@@ -174,7 +179,7 @@ class Upsample(nn.Module):
     def __call__(self, x: Array) -> Array:
         x = _nearest_up2(x)
         if self.with_conv:
-            x = _conv(x.shape[-1], dtype=self.dtype, name="conv")(x)
+            x = conv(x.shape[-1], dtype=self.dtype, name="conv")(x)
         return x
 
 
@@ -210,10 +215,10 @@ class ResBlock(nn.Module):
             h, x = _nearest_up2(h), _nearest_up2(x)
         elif self.down:
             h, x = _avg_down2(h), _avg_down2(x)
-        h = _conv(out_ch, dtype=self.dtype, name="conv1")(h)
+        h = conv(out_ch, dtype=self.dtype, name="conv1")(h)
         if temb is not None:
             n = 2 * out_ch if self.use_scale_shift_norm else out_ch
-            emb = _dense(n, dtype=self.dtype, name="temb_proj")(nn.silu(temb))[:, None, None, :]
+            emb = dense(n, dtype=self.dtype, name="temb_proj")(nn.silu(temb))[:, None, None, :]
         if temb is not None and self.use_scale_shift_norm:
             scale, shift = jnp.split(emb, 2, axis=-1)
             h = group_norm(h, max_groups=self.num_groups, eps=self.norm_eps, dtype=self.dtype, name="norm2")
@@ -224,10 +229,10 @@ class ResBlock(nn.Module):
             h = group_norm(h, max_groups=self.num_groups, eps=self.norm_eps, dtype=self.dtype, name="norm2")
         h = nn.silu(h)
         h = nn.Dropout(rate=self.dropout, deterministic=not train)(h)
-        h = _conv(out_ch, init_scale=0.0, dtype=self.dtype, name="conv2")(h)
+        h = conv(out_ch, init_scale=0.0, dtype=self.dtype, name="conv2")(h)
         if in_ch != out_ch:
             k = 3 if self.conv_shortcut else 1
-            x = _conv(out_ch, k, dtype=self.dtype, name="conv_shortcut" if self.conv_shortcut else "nin_shortcut")(x)
+            x = conv(out_ch, k, dtype=self.dtype, name="conv_shortcut" if self.conv_shortcut else "nin_shortcut")(x)
         return x + h
 
 
@@ -257,11 +262,11 @@ class AttnBlock(nn.Module):
         if heads < 1 or c % heads:
             raise ValueError(f"num_heads={heads} must be >= 1 and divide channels {c}")
         h = group_norm(x, max_groups=self.num_groups, eps=self.norm_eps, dtype=self.dtype, name="norm")
-        q, k, v = (_dense(c, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, heads, c // heads)
+        q, k, v = (dense(c, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, heads, c // heads)
                    for n in ("q", "k", "v"))
         f32 = jnp.promote_types(q.dtype, jnp.float32)  # logits accumulated and softmaxed in >= float32
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=f32) / math.sqrt(c // heads)
         w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, hh, ww, c)
-        h = _dense(c, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
+        h = dense(c, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
         return x + h

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffax.models.layers import (AttnBlock, Downsample, ResBlock, Upsample, _conv, _dense, group_norm,
+from diffax.models.layers import (AttnBlock, Downsample, ResBlock, Upsample, conv, dense, group_norm,
                                   timestep_embedding)
 
 Array = jax.Array
@@ -40,7 +40,8 @@ class UNet(nn.Module):
     with ``learn_sigma`` (first half the mean output, second half the variance output).
     Dropout needs ``rngs={'dropout': key}`` when ``train=True`` and ``dropout > 0``.
     ``dtype``: the activations' dtype ('bfloat16' for mixed precision). Parameters stay float32; the
-    timestep/class embedding, GroupNorm statistics, the attention softmax and the output are float32.
+    timestep/class embedding, GroupNorm statistics, the attention softmax, the input convolution (on the
+    float32 x) and the output head (norm, SiLU, conv) are float32, so is the output.
     ``norm_eps`` (every GroupNorm's epsilon), ``flip_sin_to_cos`` and ``freq_shift`` (the timestep
     embedding, `layers.timestep_embedding`) default to DDPM's values; diffusers' UNet2DModel configs set
     them (`diffax.interop.load_diffusers_unet`).
@@ -95,8 +96,8 @@ class UNet(nn.Module):
         temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos,
                                   freq_shift=self.freq_shift)
         # Kept in float32 under a low-precision dtype (mixed precision): (B, 4ch), negligible cost.
-        temb = _dense(temb_ch, dtype=jnp.float32, name="temb_dense0")(temb)
-        temb = _dense(temb_ch, dtype=jnp.float32, name="temb_dense1")(nn.silu(temb))
+        temb = dense(temb_ch, dtype=jnp.float32, name="temb_dense0")(temb)
+        temb = dense(temb_ch, dtype=jnp.float32, name="temb_dense1")(nn.silu(temb))
         if self.num_classes is not None:
             if y is None:
                 y = jnp.full((b,), self.num_classes, dtype=jnp.int32)
@@ -105,8 +106,11 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("y was given but the UNet has num_classes=None (unconditional)")
 
-        # Downsampling.
-        hs = [_conv(self.ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))]
+        # Downsampling. The input convolution runs in float32 on the float32 x_t: at small t the noise is a
+        # small part of x_t (b_0 = 0.01 under DDPM's schedule) and rounding x_t to bf16 would destroy ~9% of
+        # it before any layer could separate it from the image (experiments/bf16_error.py).
+        h = conv(self.ch, dtype=jnp.promote_types(self.dtype, jnp.float32), name="conv_in")(x)
+        hs = [h.astype(self.dtype)]
         n_levels = len(self.ch_mult)
         for i_level, mult in enumerate(self.ch_mult):
             for i_block in range(self.num_res_blocks):
@@ -145,9 +149,12 @@ class UNet(nn.Module):
         out_ch = x.shape[-1] if self.out_ch is None else self.out_ch
         if self.learn_sigma:
             out_ch *= 2
-        h = nn.silu(group_norm(h, max_groups=self.num_groups, eps=self.norm_eps, dtype=self.dtype, name="norm_out"))
-        out = _conv(out_ch, init_scale=0.0, dtype=self.dtype, name="conv_out")(h)
-        return out.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 under bf16: the loss in float32
+        # The output head (norm, SiLU, conv) in float32 under bf16: the prediction is not rounded to 8 bits,
+        # and the loss is formed in float32.
+        f32 = jnp.promote_types(self.dtype, jnp.float32)
+        h = group_norm(h.astype(f32), max_groups=self.num_groups, eps=self.norm_eps, dtype=f32, name="norm_out")
+        h = nn.silu(h)
+        return conv(out_ch, init_scale=0.0, dtype=f32, name="conv_out")(h)
 
 
 def ddpm_cifar10(**overrides) -> UNet:

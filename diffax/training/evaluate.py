@@ -1,8 +1,10 @@
 """Sampling and evaluation of a trained run: ``sample(exp, workdir)``, ``evaluate(exp, workdir)``.
 
-Workdir files written here::
+Workdir files written here, each atomically (`diffax._util.write_atomic`: a crash leaves the old file or the new one)::
 
-    samples.npy   raw samples (N, ...) of the EMA parameters      samples.png   their picture
+    samples.npz   samples (N, ...) of the EMA parameters (float32 toys, uint8 images) and labels i mod K
+    samples.npy   float samples, for toys and up to NPY_MAX_IMAGES images      samples.png   their picture
+    samples/part-<fingerprint>-<first>-<last>.npz   finished chunks, with their indices (`sample_parts`)
     eval.json     toy data: distances to held-out data, mode weights (`diffax.evaluation.toys`);
                   images: sample statistics, test bits/dim (over every device), classifier FID
                   (`diffax.evaluation.images`), and with eval.inception_weights FID / IS / KID of the first
@@ -12,12 +14,13 @@ Workdir files written here::
     fid_reference/<data>-<key>.npz   cached Inception statistics of the training split (per images + weights)
 
 Sample i depends only on (seed, i): its noise comes from ``fold_in(key, i)`` and its label is i mod K
-(`builders.per_example_sampler`), so the chunk size (sampling.batch_size) does not change the samples,
-and evaluation knows every sample's label from its index.
+(`sampler_builders.per_example_sampler`), so the chunk size (sampling.batch_size) changes the samples only by
+float32 rounding (README: rtol 1e-5 / atol 1e-6), and evaluation knows every sample's label from its index.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
@@ -26,15 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffax import data as data_lib
+from diffax._util import npz_bytes, write_atomic
 from diffax.evaluation import toys
-from diffax.training import builders, plots, sampling
+from diffax.evaluation.images import to_uint8
+from diffax.training import builders, plots, sample_parts
 from diffax.training.restore import Run, checked_latest_step, restore_ema, restore_params, stream_key
+from diffax.training.sampler_builders import per_example_sampler
 from diffax.training.evaluate_images import classifier_eval, image_eval_metrics, image_metrics, sample_labels
 from diffax.training.train import all_finite, is_main_process
 
 __all__ = ["generate", "sample", "evaluate", "classifier_eval", "image_metrics", "sample_labels"]
 
-PARTS_DIR = "samples"  # finished chunks of a sampling run: samples/part-<j>.npz
+PARTS_DIR = "samples"  # finished chunks of a sampling run: samples/part-<fingerprint>-<first>-<last>.npz
 NPY_MAX_IMAGES = 10_000  # samples.npy (float) is also written for toys and up to this many images
 # Seeds of the toy data sets used by `evaluate` (offsets of the seed, far from the training set's).
 HELDOUT_SEED_OFFSET, BASELINE_SEED_OFFSET = 1_000_003, 2_000_003
@@ -57,8 +63,9 @@ def guidance_classifier(exp: builders.Experiment) -> tuple[Any, Any] | None:
 
 def generate(exp_or_config, workdir: str, *, run: Run | None = None) -> tuple[np.ndarray, int]:
     """(sampling.num_samples samples of the newest intact checkpoint's EMA parameters, its step), drawn in
-    chunks of sampling.batch_size over every device and process (`sampling.draw_samples`); finished chunks
-    are kept in ``workdir/samples/`` and reused by a restarted or repeated call with the same settings.
+    chunks of sampling.batch_size over every device and process (`sample_parts.draw_samples`); finished chunks
+    are kept in ``workdir/samples/`` and reused by a restarted or repeated call with the same settings (any
+    sampling.batch_size, device count or process count: each part holds the indices of its samples).
     ``run``: parameters already restored (`restore_params`) to sample instead of restoring them here.
     Raises FloatingPointError on non-finite parameters or samples (nothing is written then)."""
     exp = builders.as_experiment(exp_or_config)
@@ -67,15 +74,16 @@ def generate(exp_or_config, workdir: str, *, run: Run | None = None) -> tuple[np
         raise FloatingPointError(f"the EMA parameters of checkpoint {run.step} in {workdir} are not finite")
     sample_labeled, num_labels = exp.sampler(guidance_classifier(exp))
     n, chunk = exp.sampling.num_samples, exp.sampling.batch_size
-    c = exp.config
-    fp = sampling.fingerprint(c["seed"], c["model"], c["diffusion"], c["ncsn"], c["sampling"], c["data"]["name"],
-                              run.step, n, chunk)  # fmt: skip
-    x = sampling.draw_samples(builders.per_example_sampler(sample_labeled, num_labels), run.params,
-                              stream_key(exp.seed, "sample"), n, chunk, parts_dir=os.path.join(workdir, PARTS_DIR),
-                              fp=fp, progress=is_main_process())  # fmt: skip
-    if not np.all(np.isfinite(x)):
-        raise FloatingPointError(f"{int(np.sum(~np.isfinite(x)))} non-finite values in the samples of checkpoint "
-                                 f"{run.step} (not written)")  # fmt: skip
+    # What sample i depends on: not the chunk size (sampling.batch_size) nor the device or process count,
+    # so a resumed run on another topology reuses the parts (`sample_parts.draw_samples`).
+    fp = sample_parts.fingerprint(*exp.sampling.fingerprint_parts, run.step, n)
+    try:
+        x = sample_parts.draw_samples(per_example_sampler(sample_labeled, num_labels), run.params,
+                                      stream_key(exp.seed, "sample"), n, chunk,
+                                      parts_dir=os.path.join(workdir, PARTS_DIR), fp=fp,
+                                      progress=is_main_process())  # fmt: skip
+    except FloatingPointError as e:
+        raise FloatingPointError(f"checkpoint {run.step}: {e}") from None
     return x, run.step
 
 
@@ -98,12 +106,14 @@ def sample(exp_or_config, workdir: str) -> np.ndarray:
     x, step = generate(exp, workdir)
     if is_main_process():
         labels = sample_labels(exp)
-        arrays = {"samples": x.astype(np.float32) if exp.data.is_toy else sampling.to_uint8(x)}
+        arrays = {"samples": x.astype(np.float32) if exp.data.is_toy else to_uint8(x)}
         if labels is not None:
             arrays["labels"] = labels.astype(np.int32)
-        np.savez(os.path.join(workdir, "samples.npz"), **arrays)
+        write_atomic(os.path.join(workdir, "samples.npz"), npz_bytes(**arrays))
         if exp.data.is_toy or len(x) <= NPY_MAX_IMAGES:
-            np.save(os.path.join(workdir, "samples.npy"), x)
+            npy = io.BytesIO()
+            np.save(npy, x)
+            write_atomic(os.path.join(workdir, "samples.npy"), npy.getvalue())
         density = None
         mix = data_lib.toy_mixture(exp.data.name) if exp.data.is_toy else None
         if mix is not None and x.shape[1] == 1:
@@ -150,6 +160,5 @@ def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) 
 
 def _write_eval(workdir: str, result: dict[str, Any]) -> dict[str, Any]:
     if is_main_process():
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        write_atomic(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
     return result

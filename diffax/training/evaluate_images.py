@@ -4,7 +4,7 @@ image and classifier entries), on a built `Experiment` and the run's EMA paramet
 Image models (`image_eval_metrics`): test-split bits/dim of the full VLB (eval.bpd_num_examples), classifier
 FID (eval.classifier_path), and FID / Inception Score / KID with the FID Inception-v3 (eval.inception_weights,
 `inception_eval`). The bits/dim and the Inception features are computed on every device of every process
-(`diffax.evaluation.sharded`, over `sharding.make_mesh()`).
+(`diffax.evaluation.bits_per_dim`, `diffax.evaluation.inception_metrics`, over `device_mesh.make_mesh()`).
 
 Inception reference statistics of the training split are computed once and cached in
 ``workdir/fid_reference/<data.name>-<key>.npz`` (key: a hash of the reference images' bytes and of the
@@ -13,7 +13,6 @@ weights file), or read from eval.fid_reference (a pytorch-fid ``.npz`` with ``mu
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any
@@ -23,11 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffax import data as data_lib
+from diffax import device_mesh
+from diffax._util import sha256_of_array
 from diffax import diffusion as diffusion_lib
 from diffax.evaluation import images as image_eval
 from diffax.evaluation import inception_metrics
-from diffax.evaluation.sharded import all_processes, sharded_bits_per_dim
-from diffax.training import builders, sampling, sharding
+from diffax.evaluation.bits_per_dim import sharded_bits_per_dim
+from diffax.training import builders, sample_parts
 from diffax.training.restore import Run, read_run_config, restore_params, stream_key
 from diffax.training.train import is_main_process
 
@@ -94,14 +95,14 @@ def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarr
         t0 = time.perf_counter()
         bpd = sharded_bits_per_dim(
             exp.model.apply, run.params, exp.schedule, image_eval.to_model_range(images[:n]),
-            stream_key(exp.seed, "eval"), sharding.make_mesh(), labels=y, batch_size=e.bpd_batch_size,
+            stream_key(exp.seed, "eval"), device_mesh.make_mesh(), labels=y, batch_size=e.bpd_batch_size,
             mean_type=exp.mean_type, var_type=exp.var_type, progress=is_main_process(),
         )  # fmt: skip
         out.update(test_bpd=bpd["bpd"], test_bpd_stderr=bpd["bpd_stderr"], test_prior_bpd=bpd["prior_bpd"],
                    test_decoder_bpd=bpd["decoder_bpd"], bpd_num_examples=bpd["num_examples"],
                    bpd_seconds=time.perf_counter() - t0)  # fmt: skip
     if e.classifier_path:
-        n_ref = e.fid_num_reference or len(images)
+        n_ref = e.classifier_fid_num_test or len(images)
         labels_s = sample_labels(exp)
         labels_s = None if labels_s is None else labels_s[: len(samples)]
         out.update(image_eval.classifier_metrics(samples, e.classifier_path, images[:n_ref], sample_labels=labels_s))
@@ -110,16 +111,10 @@ def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarr
     return out
 
 
-def _array_sha256(x: np.ndarray) -> str:
-    h = hashlib.sha256(repr((x.shape, str(x.dtype))).encode())
-    h.update(np.ascontiguousarray(x).data)
-    return h.hexdigest()
-
-
 def fid_reference_path(workdir: str, data_name: str, images: np.ndarray, weights_sha256: str) -> str:
     """``workdir/fid_reference/<data_name>-<key>.npz``, key a hash of the reference images' bytes and the weights'
     SHA-256: other images or other weights never reuse a cached reference."""
-    key = sampling.fingerprint(data_name, _array_sha256(images), weights_sha256)
+    key = sample_parts.fingerprint(data_name, sha256_of_array(images, with_shape=True), weights_sha256)
     return os.path.join(workdir, FID_REFERENCE_DIR, f"{data_name}-{key}.npz")
 
 
@@ -128,7 +123,7 @@ def fid_reference(exp: builders.Experiment, workdir: str, model: Any, variables:
     """The Inception `Reference` for FID / KID and how it was obtained (eval.json's ``fid_reference*`` entries).
 
     eval.fid_reference set: that file (pytorch-fid's ``mu``/``sigma`` .npz; KID only if it has ``features``).
-    Otherwise the first eval.fid_num_reference (0 = all) training images: read from
+    Otherwise the first eval.fid_num_train (0 = all) training images: read from
     ``workdir/fid_reference/<data.name>-<key>.npz`` when that exists (key: SHA-256 of the images' bytes and of
     the weights file, so other data or weights never reuse it), else computed over every device and process
     and written there by process 0.
@@ -139,7 +134,7 @@ def fid_reference(exp: builders.Experiment, workdir: str, model: Any, variables:
         return ref, {"fid_reference": os.path.abspath(e.fid_reference), "fid_reference_source": "file",
                      "fid_num_reference": ref.num_images}  # fmt: skip
     images = train_split(exp)
-    images = images[: e.fid_num_reference or len(images)]
+    images = images[: e.fid_num_train or len(images)]
     path = fid_reference_path(workdir, d.name, images, weights_sha256)
     info = {"fid_reference": path, "fid_num_reference": int(len(images))}
     ref = None
@@ -148,7 +143,7 @@ def fid_reference(exp: builders.Experiment, workdir: str, model: Any, variables:
             ref = inception_metrics.load_reference(path)
         except ValueError:  # a damaged cache file: compute it again
             ref = None
-    if all_processes(ref is not None and ref.features is not None and ref.num_images == len(images)):
+    if device_mesh.all_processes(ref is not None and ref.features is not None and ref.num_images == len(images)):
         return ref, {**info, "fid_reference_source": "cache"}
     ref = inception_metrics.reference_stats(images, model, variables, mesh, batch_size=e.fid_batch_size,
                                             progress=is_main_process())  # fmt: skip
@@ -163,7 +158,7 @@ def inception_eval(exp: builders.Experiment, workdir: str, samples: np.ndarray, 
     """FID, Inception Score and KID of the first eval.num_samples samples with the FID Inception-v3 at
     eval.inception_weights (`diffax.evaluation.inception_metrics.sample_metrics`), against `fid_reference`.
 
-    The samples (floats in [-1, 1]) are quantised to uint8 first (`sampling.to_uint8`, as the PNGs
+    The samples (floats in [-1, 1]) are quantised to uint8 first (`image_eval.to_uint8`, as the PNGs
     pytorch-fid reads). ``model`` (default ``InceptionV3()``: 299x299, as the papers) and ``mesh`` (default
     all devices) are for tests. Raises ValueError if fewer than eval.num_samples samples are given.
     Returns the metrics with fid_num_samples, the weights' path and SHA-256, the reference used and the time.
@@ -177,9 +172,9 @@ def inception_eval(exp: builders.Experiment, workdir: str, samples: np.ndarray, 
     t0 = time.perf_counter()
     model, variables = inception_metrics.load_inception(e.inception_weights, model=model)
     weights_sha256 = inception_metrics.file_sha256(e.inception_weights)
-    mesh = sharding.make_mesh() if mesh is None else mesh
+    mesh = device_mesh.make_mesh() if mesh is None else mesh
     reference, info = fid_reference(exp, workdir, model, variables, weights_sha256, mesh)
-    u8 = sampling.to_uint8(np.asarray(samples)[: e.num_samples])
+    u8 = image_eval.to_uint8(np.asarray(samples)[: e.num_samples])
     result = inception_metrics.sample_metrics(u8, reference, model, variables, mesh, batch_size=e.fid_batch_size,
                                               kid_seed=exp.seed, progress=is_main_process())  # fmt: skip
     n = result.pop("num_samples")

@@ -2,18 +2,26 @@
 
 Only process 0 writes (``MetricWriter(workdir, enabled=jax.process_index() == 0)``); on other
 processes every method is a no-op, so the loop calls them unconditionally.
-``metrics.jsonl`` holds one JSON object per logged step, ``{"step": 100, "loss": 0.41, ...}``,
-appended and flushed at once. A run resumed from step k first drops the rows after k (they belong to
-work that was lost), so the file never holds one step twice.
+``metrics.jsonl`` holds one JSON object per logged step, ``{"step": 100, "loss": 0.41, ...,
+"steps_averaged": 50}``, appended and flushed at once. Each value is the mean over the steps since the
+previous row; ``steps_averaged`` says how many (``log_every``, except in the first row after a resume,
+which covers only the steps since the checkpoint, and in the last row of a run whose num_steps is no
+multiple of log_every). A run resumed from step k first drops the rows after k (they belong to work
+that was lost), so the file never holds one step twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Mapping
 
 import numpy as np
+
+from diffax._util import write_atomic
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["MetricWriter", "read_metrics"]
 
@@ -34,14 +42,18 @@ class MetricWriter:
             self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"))
             self._jsonl = open(os.path.join(os.fspath(workdir), "metrics.jsonl"), "a")
 
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Logs each ``name -> float`` at ``step`` (TensorBoard scalar + one jsonl line)."""
+    def write_scalars(self, step: int, scalars: Mapping[str, float], *, steps_averaged: int | None = None) -> None:
+        """Logs each ``name -> float`` at ``step`` (TensorBoard scalar + one jsonl line); the jsonl line
+        also records ``steps_averaged``, the number of steps the values are means over, where given."""
         if not self.enabled:
             return
         values = {k: float(np.asarray(v)) for k, v in scalars.items()}
         for k, v in values.items():
             self._tb.add_scalar(k, v, int(step))
-        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        row = {"step": int(step), **values}
+        if steps_averaged is not None:
+            row["steps_averaged"] = int(steps_averaged)
+        self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
 
     def write_image(self, step: int, name: str, image: np.ndarray) -> None:
@@ -62,19 +74,33 @@ class MetricWriter:
             self.enabled = False
 
 
+def _rows(path: str) -> list[tuple[str, int, dict]]:
+    """(line, step, record) of each row of a metrics.jsonl. A row that does not parse (the torn last row of a
+    process killed mid-append: rows are appended, not written atomically) is skipped with a warning."""
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                rows.append((line if line.endswith("\n") else line + "\n", int(rec["step"]), rec))
+            except (ValueError, KeyError, TypeError) as e:
+                _log.warning("%s line %d is not a metrics row (torn by a crash?): skipped (%s)", path, n, e)
+    return rows
+
+
 def _drop_rows_after(path: str, step: int) -> None:
-    """Rewrites ``path`` (atomically) without the rows whose step is > ``step``."""
+    """Rewrites ``path`` without the rows whose step is > ``step`` (and without a torn row), atomically
+    (`diffax._util.write_atomic`): a crash meanwhile leaves the old file, never a truncated one."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if int(json.loads(line)["step"]) <= step]
-    if len(keep) == len(lines):
+        num_lines = sum(1 for line in f if line.strip())
+    keep = [line for line, s, _ in _rows(path) if s <= step]
+    if len(keep) == num_lines:
         return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(keep))
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
@@ -85,11 +111,5 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     path = os.path.join(os.fspath(workdir), "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    by_step: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rec = json.loads(line)
-                by_step[int(rec["step"])] = rec
+    by_step = {s: rec for _, s, rec in _rows(path)}
     return [by_step[s] for s in sorted(by_step)]

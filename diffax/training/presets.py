@@ -49,16 +49,24 @@ def classifier_model_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     """Every key a diffax config has, with defaults (unlocked; the config files lock it).
 
-    seed                       int, the root of every key (init, data order, steps, sampling).
+    seed                       int, the root of every key (init, data order, steps, sampling) and of the toy
+                               data sets: a resume must keep it; sample / eval may change it (other samples).
     data.name                  a toy ('gmm1d', 'gmm2d', 'swiss_roll', 'two_moons', 'checkerboard') or image
                                data set ('mnist', 'fashion_mnist', 'cifar10', 'celeb_a' via tfds;
                                'mnist_local' IDX files in data.path; 'npz' file data.path).
     data.path / data.data_dir  local files / a tfds data_dir.      data.num_train: toy set size / subset.
     data.random_flip           horizontal flips (images).
     training.num_steps         total optimizer steps (a resumed run trains up to it).
-    training.batch_size        GLOBAL batch size (split over processes, then over devices).
+    training.batch_size        GLOBAL batch size (split over processes, then over devices); a resume must keep
+                               it (the saved data position counts its batches).
     training.checkpoint_every  save every n steps (and at the end); keep_checkpoints: keep the last K.
-    training.log_every         log metrics (TensorBoard + metrics.jsonl) every n steps.
+    training.log_every         log metrics (TensorBoard + metrics.jsonl) every n steps; each row holds the means
+                               over the steps since the previous row and "steps_averaged", their count
+                               (fewer than log_every in the first row after a resume).
+    training.lock_stale_after_s   seconds (> 0): the trainer refreshes WORKDIR/.lock every min(30, this / 4) s;
+                               a lock of another host not refreshed for longer is stale and taken over with a
+                               warning (a preempted job restarted elsewhere); a fresher one is refused
+                               (`diffax.workdir_lock`).
     training.sample_every      save a sample picture every n steps (0 = off).
     training.ema_decay         EMA of the parameters (sampling uses the EMA); ema_warmup: decay of update k
                                min(ema_decay, (1 + k) / (10 + k)) (`optim.ema_decay_at`), so the EMA
@@ -75,7 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
                                and the schedule (`diffax.interop.config_overrides`); '' = off.
     model.dtype                'float32' | 'bfloat16' (mlp, unet): the activations' dtype; 'bfloat16' is
                                mixed precision (parameters, EMA, optimizer state, the time embedding,
-                               GroupNorm statistics, softmax and the loss stay float32).
+                               GroupNorm statistics, softmax and the loss stay float32; the U-Net's input
+                               convolution and output head (norm, SiLU, conv) run in float32 too, so x_t is
+                               never rounded to bf16 and the output is float32).
     diffusion.schedule, num_timesteps   the beta schedule and T.
     diffusion.beta_start, beta_end      linear / quadratic schedules: None = 1e-4 and 0.02 scaled by 1000 / T
                                (improved-diffusion's rule, so x_T is close to N(0, I) at any T); set both
@@ -90,7 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
                                clip_x0 (> 0 or None).
     sampling.num_samples, batch_size   N samples, drawn in chunks of batch_size (0 = all at once). Sample i
                                depends only on (seed, i): its noise comes from fold_in(key, i) and its
-                               label is i mod K, so any chunk size gives the same samples.
+                               label is i mod K, so any chunk size gives the same samples up to float32
+                               rounding (XLA compiles one program per chunk shape; rtol 1e-5 / atol 1e-6).
     sampling.langevin_eps, steps_per_level, denoise   method 'annealed_langevin' (ncsn): eps of Algorithm 1.
     sampling.guidance_w        classifier-free guidance weight w (class-conditional models trained with
                                diffusion.p_uncond > 0; 0 = off, -1 = unconditional, < -1 guides away from
@@ -101,13 +112,15 @@ def base_config() -> ml_collections.ConfigDict:
     eval.bpd_num_examples      images: test images scored by the full VLB in bits/dim (0 = off; each costs T
                                network calls), in batches of eval.bpd_batch_size.
     eval.classifier_path       images: a classifier (.msgpack, `diffax.evaluation.classifier_features`) for the
-                               classifier FID of the samples against eval.fid_num_reference test images (0 = all).
+                               classifier FID of the samples against the first eval.classifier_fid_num_test
+                               TEST images (0 = all).
     eval.inception_weights     images: pytorch-fid's FID Inception-v3 weights (.npz of its state dict; .pth with
                                torch): FID, Inception Score and KID of the first eval.num_samples samples (50,000
-                               as the papers; sampling.num_samples must be at least that), quantised to uint8,
+                               as the papers; sampling.num_samples must be at least that: refused by `builders.
+                               build` before any work), quantised to uint8,
                                in batches of eval.fid_batch_size over every device (`diffax.evaluation.
                                inception_metrics`). Reference: eval.fid_reference (a pytorch-fid .npz with mu,
-                               sigma), else the first eval.fid_num_reference (0 = all) training images, computed
+                               sigma), else the first eval.fid_num_train (0 = all) TRAINING images, computed
                                once and cached in workdir/fid_reference/ (keyed by the images and weights).
     """
     c = ml_collections.ConfigDict()
@@ -115,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = dict(name="two_moons", path=config_dict.placeholder(str), data_dir=config_dict.placeholder(str),
                   num_train=config_dict.placeholder(int), random_flip=False)  # fmt: skip
     c.training = dict(num_steps=1000, batch_size=128, checkpoint_every=500, keep_checkpoints=3, log_every=50,
-                      sample_every=0, ema_decay=0.999, ema_warmup=True, objective="diffusion")  # fmt: skip
+                      sample_every=0, ema_decay=0.999, ema_warmup=True, objective="diffusion",
+                      lock_stale_after_s=600.0)  # fmt: skip
     c.optim = dict(lr=1e-3, warmup_steps=0, grad_clip=1.0, weight_decay=0.0, decay_steps=config_dict.placeholder(int))
     c.model = mlp_model_config()
     c.diffusion = dict(schedule="linear", num_timesteps=1000, beta_start=config_dict.placeholder(float),
@@ -128,8 +142,8 @@ def base_config() -> ml_collections.ConfigDict:
                       langevin_eps=2e-5, steps_per_level=100, denoise=True, guidance_w=0.0,
                       classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0)  # fmt: skip
     c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
-                  fid_num_reference=0, inception_weights=config_dict.placeholder(str), num_samples=50_000,
-                  fid_reference=config_dict.placeholder(str), fid_batch_size=200)  # fmt: skip
+                  classifier_fid_num_test=0, fid_num_train=0, inception_weights=config_dict.placeholder(str),
+                  num_samples=50_000, fid_reference=config_dict.placeholder(str), fid_batch_size=200)  # fmt: skip
     return c
 
 

@@ -1,10 +1,10 @@
-"""The training step: loss functions over a batch, and one pure optimizer + EMA update.
+"""The training step: loss functions over a batch, one pure optimizer + EMA update, and its jit over the mesh.
 
 A `LossFn` is ``loss_fn(params, key, batch, train) -> (scalar_loss, metrics)``: it closes over the
 model's apply function and the static hyperparameters, and draws all its randomness (t, noise,
 dropout, label dropout) from `key`. `make_train_step` turns it into
 ``train_step(state, batch) -> (state, metrics)``, a pure function with no jit inside; the caller
-compiles it once (`diffax.training.sharding.jit_train_step`). `check_finite` is the host-side guard
+compiles it once (`jit_train_step`, over a `diffax.device_mesh` mesh). `check_finite` is the host-side guard
 the loop calls on the metrics.
 """
 
@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from diffax import diffusion, losses
+from diffax import device_mesh, diffusion, losses
 from diffax import importance_sampling as importance_lib
 from diffax._util import check_choice
 from diffax.diffusion import MEAN_TYPES, VAR_TYPES
@@ -37,7 +38,7 @@ LOSS_HISTORY = "loss_history"
 
 __all__ = [
     "LOSS_HISTORY", "PER_EXAMPLE_T", "PER_EXAMPLE_VB", "LossFn", "diffusion_loss_fn", "dsm_loss_fn", "ncsn_score_fn",
-    "noisy_classifier_loss_fn", "make_train_step", "check_finite",
+    "noisy_classifier_loss_fn", "make_train_step", "jit_train_step", "check_finite",
 ]  # fmt: skip
 
 
@@ -48,9 +49,6 @@ def drop_labels(key: Array, y: Array, p_uncond: float, null_class: int) -> Array
     """
     drop = jax.random.bernoulli(key, p_uncond, y.shape)
     return jnp.where(drop, jnp.asarray(null_class, y.dtype), y)
-
-
-_drop_labels = drop_labels  # the earlier private name
 
 
 def diffusion_loss_fn(
@@ -212,7 +210,7 @@ def make_train_step(
     Metrics: those of `loss_fn` plus 'grad_norm' (global L2 norm of g, before clipping) and, if
     `lr_schedule` is given, 'lr' (the rate used by this update). Under a 'data'-sharded batch the
     batch means in `loss_fn` are global means, so the update is the one of a single device.
-    No jit here: compile with `diffax.training.sharding.jit_train_step` (or `jax.jit`).
+    No jit here: compile with `jit_train_step` (or `jax.jit`).
 
     ``importance_sampling=True`` (Nichol & Dhariwal 2021, sec. 3.3): the state must carry
     ``extra['loss_history']`` (`diffax.importance_sampling.init_loss_history`). Each step then splits
@@ -265,6 +263,19 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def jit_train_step(train_step: Callable, mesh: Mesh) -> Callable:
+    """``jax.jit(train_step, in_shardings=(replicated, rows), out_shardings=(replicated, replicated),
+    donate_argnums=(0,))``: state replicated and donated (updated in place), batch rows split over 'data'.
+
+    The returned function compiles once per (state structure, batch shape) and must be called on
+    every process with its `diffax.device_mesh.shard_batch` output. Put the state on the mesh first
+    (``state = device_mesh.replicate(state, mesh)``): a state still on one device has another input
+    sharding than the step's output, so the second call would trace and compile again.
+    """
+    rep, data = device_mesh.replicated(mesh), device_mesh.row_sharding(mesh)
+    return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 def check_finite(metrics: Mapping[str, Any], step: int) -> None:

@@ -8,7 +8,8 @@ Workdir layout::
     loss.png              loss curve (end of training)      samples_<step>.png   at training.sample_every
 
 One trainer per workdir: training holds ``workdir/.lock`` (`diffax.workdir_lock`; a second trainer is
-refused at once, a stale lock of a dead process taken over). The run's config is saved with every
+refused at once; a stale lock, of a dead process on this host or not refreshed by its holder's heartbeat
+for training.lock_stale_after_s, taken over). The run's config is saved with every
 checkpoint; resuming with a config whose model / diffusion / data keys differ is refused
 (`restore.check_compatible`). Each checkpoint carries a checksum per array; a damaged latest one is
 reported (step, array) and training resumes from the newest intact one.
@@ -35,10 +36,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from diffax import device_mesh
 from diffax.checkpoint import Checkpointer
-from diffax.training import builders, plots, sharding, step as step_lib
+from diffax.training import builders, plots, step as step_lib
 from diffax.training.logging import MetricWriter, read_metrics
 from diffax.training.restore import CHECKPOINT_DIR, abstract_state, check_compatible, initial_state, stream_key
+from diffax.training.sampler_builders import per_example_sampler
 from diffax.workdir_lock import WorkdirLock
 from diffax.training.state import TrainState
 
@@ -62,7 +65,7 @@ def _mean_metrics(pending: list[Mapping[str, jax.Array]]) -> dict[str, float]:
 
 def _compiled_train_step(exp: builders.Experiment, mesh):
     t = exp.train
-    return sharding.jit_train_step(
+    return step_lib.jit_train_step(
         step_lib.make_train_step(exp.loss_fn, exp.optimizer, ema_decay=t.ema_decay, lr_schedule=exp.lr_schedule,
                                  importance_sampling=exp.importance_sampling, ema_warmup=t.ema_warmup),
         mesh,
@@ -74,7 +77,7 @@ def _picture_sampler(exp: builders.Experiment):
     if not exp.train.sample_every:
         return None
     sample_labeled, num_labels = exp.sampler()
-    sample_fn = builders.per_example_sampler(sample_labeled, num_labels)
+    sample_fn = per_example_sampler(sample_labeled, num_labels)
     return jax.jit(lambda params, key: sample_fn(params, key, jnp.arange(64)))
 
 
@@ -93,8 +96,8 @@ def train_and_evaluate(exp_or_config: builders.Experiment | ml_collections.Confi
     """
     exp = builders.as_experiment(exp_or_config)
     os.makedirs(workdir, exist_ok=True)
-    with WorkdirLock(workdir):  # one trainer per workdir
-        return _train(exp, workdir)
+    with WorkdirLock(workdir, stale_after_s=exp.train.lock_stale_after_s) as lock:  # one trainer per workdir
+        return _train(exp, workdir, lock)
 
 
 def _restore_or_init(exp: builders.Experiment, ckpt: Checkpointer, batches, mesh) -> tuple[TrainState, bool]:
@@ -111,9 +114,9 @@ def _restore_or_init(exp: builders.Experiment, ckpt: Checkpointer, batches, mesh
     return state, True
 
 
-def _train(exp: builders.Experiment, workdir: str) -> TrainState:
+def _train(exp: builders.Experiment, workdir: str, lock: WorkdirLock) -> TrainState:
     t = exp.train
-    mesh = sharding.make_mesh()
+    mesh = device_mesh.make_mesh()
     batches = exp.make_batches("train")
     train_step = _compiled_train_step(exp, mesh)
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=t.keep_checkpoints, config=exp.config)
@@ -138,7 +141,7 @@ def _train(exp: builders.Experiment, workdir: str) -> TrainState:
     try:
         iterator = iter(batches)
         for i in range(start + 1, t.num_steps + 1):
-            state, metrics = train_step(state, sharding.shard_batch(next(iterator), mesh))
+            state, metrics = train_step(state, device_mesh.shard_batch(next(iterator), mesh))
             pending.append(metrics)
             bar.update(1)
             is_log = i % t.log_every == 0 or i == t.num_steps
@@ -149,12 +152,14 @@ def _train(exp: builders.Experiment, workdir: str) -> TrainState:
                 now = time.perf_counter()
                 scalars = _mean_metrics(pending)
                 scalars["steps_per_sec"] = len(pending) / max(now - t_log, 1e-9)
+                writer.write_scalars(i, scalars, steps_averaged=len(pending))  # < log_every after a resume
                 t_log, pending = now, []
-                writer.write_scalars(i, scalars)
                 bar.set_postfix(loss=f"{scalars['loss']:.4g}")
             if is_save:
                 if not bool(all_finite(state.params)) or not bool(all_finite(state.ema_params)):
                     raise FloatingPointError(f"non-finite parameters at step {i} (stopping; not saved)")
+                if not device_mesh.all_processes(lock.still_ours()):  # taken over as stale: never two writers
+                    raise lock.lost_error()
                 ckpt.save(i, state, data_state=batches.get_state())
                 last_saved = i
             if picture_fn is not None and i % t.sample_every == 0:

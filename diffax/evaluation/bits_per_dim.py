@@ -1,12 +1,10 @@
-"""Evaluation over every device and process: rows of a batch split over a mesh, and test-split bits/dim.
+"""Test-split bits/dim of the full variational bound, per image, over every device and process.
 
-Every process holds the same host array (the test split, the samples); a global batch of B rows is
-placed on the mesh with its rows split over the mesh's first axis (`put_rows`: each process builds
-only the shards its devices hold), one jitted program computes on all devices, and `gather_rows`
-brings the per-row outputs back to every process. B is a multiple of the device count
-(`global_batch_size`) and the last batch is zero-padded (`batching.pad_to`), so one compilation
-serves any N. The mesh is the caller's (`diffax.training.sharding.make_mesh`); nothing here reads
-the process count except `gather_rows`.
+Image i's bound is `diffax.likelihood.vlb_bpd` on that image alone with the noise of ``fold_in(key, i)``
+(every term L_0 ... L_{T-1} plus the prior L_T, improved-diffusion's ``calc_bpd_loop``; Ho et al. 2020,
+eq. 5), so a number does not depend on the batch size, the device count or the process count. The
+images' rows are split over the caller's mesh (`diffax.device_mesh.make_mesh`) with `put_rows`, one
+jitted program scores a global batch, and `gather_rows` brings the per-image terms back to every process.
 """
 
 from __future__ import annotations
@@ -17,61 +15,15 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from diffax import likelihood
+from diffax.device_mesh import gather_rows, global_batch_size, put_rows, replicate, replicated, row_sharding
 from diffax.evaluation.batching import pad_to
 from diffax.schedules import Schedule
 
-__all__ = ["row_sharding", "replicated", "global_batch_size", "put_rows", "replicate", "gather_rows",
-           "all_processes", "sharded_bits_per_dim"]  # fmt: skip
-
-
-def row_sharding(mesh: Mesh) -> NamedSharding:
-    """Axis 0 split over the mesh's first axis, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """Every device holds the whole array."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def global_batch_size(batch_size: int, num_rows: int, mesh: Mesh) -> int:
-    """min(batch_size, num_rows) rounded up to a multiple of the mesh's device count."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if num_rows < 1:
-        raise ValueError(f"need at least one row to evaluate, got {num_rows}")
-    ndev = mesh.devices.size
-    return int(math.ceil(min(batch_size, num_rows) / ndev) * ndev)
-
-
-def put_rows(rows: np.ndarray, mesh: Mesh) -> jax.Array:
-    """The global array of ``rows`` (the same full host array on every process), rows split over the mesh."""
-    rows = np.asarray(rows)
-    return jax.make_array_from_callback(rows.shape, row_sharding(mesh), lambda index: rows[index])
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` on every device of ``mesh`` (the same values must be given on every process)."""
-    return jax.device_put(tree, replicated(mesh))
-
-
-def gather_rows(x: jax.Array) -> np.ndarray:
-    """A row-sharded global array as one host array on every process."""
-    if jax.process_count() == 1 or x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def all_processes(flag: bool) -> bool:
-    """True when ``flag`` is True on every process (each process may see a shared file system differently)."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+__all__ = ["sharded_bits_per_dim"]
 
 
 @functools.lru_cache(maxsize=16)

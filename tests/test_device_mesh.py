@@ -1,4 +1,4 @@
-"""Data parallelism (jit over a 'data' mesh) and multi-host start-up.
+"""Data parallelism (`diffax.device_mesh`, `step.jit_train_step`: jit over a 'data' mesh) and multi-host start-up.
 
 The equivalence tests run tests/_multihost_worker.py in fresh processes, because JAX reads
 XLA_FLAGS (the number of fake CPU devices) and the distributed settings at start-up:
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from _processes import cpu_env as _env, free_port as _free_port
 
-from diffax.training import batch_sharding, distributed, make_mesh, shard_batch
+from diffax.device_mesh import make_mesh, row_sharding, shard_batch
+from diffax.training import distributed
 
 WORKER = Path(__file__).with_name("_multihost_worker.py")
 REPO = WORKER.parent.parent
@@ -115,7 +116,7 @@ def test_shard_batch_single_process_roundtrip():
     batch = {"x": np.arange(2 * n, dtype=np.float32).reshape(n, 2), "y": np.arange(n, dtype=np.int32)}
     out = shard_batch(batch, mesh)
     for k, v in batch.items():
-        assert out[k].sharding == batch_sharding(mesh)
+        assert out[k].sharding == row_sharding(mesh)
         np.testing.assert_array_equal(np.asarray(out[k]), v)  # exact: a copy
 
 

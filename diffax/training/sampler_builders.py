@@ -1,0 +1,181 @@
+"""Config -> the sampler: sampling.method and its steps, clipping, and guidance, as a pure function.
+
+One of the per-part config readers of `diffax.training.builders` (which assembles them into an
+`Experiment`); it validates sampling.* against the model and objective (``ValueError`` naming the bad
+value and what is allowed). `per_example_sampler` turns a sampler into one whose sample i depends on
+(key, i) only, the form every CLI sampling run uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffax import guidance, samplers, schedules
+from diffax._util import check_choice, check_int
+from diffax.schedules import Schedule
+from diffax.training import step
+from diffax.training.train_builders import build_sigmas, objective
+
+__all__ = ["SAMPLING_METHODS", "SPACINGS", "SampleBatchFn", "build_sampler", "labeled_sampler",
+           "per_example_sampler"]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin")
+SPACINGS = ("leading", "linspace", "trailing")
+
+SampleBatchFn = Callable[[Any, jax.Array, int], jax.Array]
+
+
+def _check_clip(clip_x0: Any) -> float | None:
+    if clip_x0 is None:
+        return None
+    if isinstance(clip_x0, bool) or not isinstance(clip_x0, (int, float)) or not (0 < clip_x0 < math.inf):
+        raise ValueError(f"sampling.clip_x0 must be None (no clipping) or a finite number > 0, got {clip_x0!r} "
+                         "(clip_x0 <= 0 would map every sample to -1)")  # fmt: skip
+    return float(clip_x0)
+
+
+def build_sampler(
+    config: ml_collections.ConfigDict,
+    model,
+    schedule: Schedule,
+    data_shape: tuple[int, ...],
+    classifier: tuple[Any, Any] | None = None,
+) -> SampleBatchFn:
+    """``sample_fn(params, key, n) -> (n, *data_shape)`` samples of the model (not jitted; jit it).
+
+    One key for the whole batch (`per_example_sampler` gives each sample its own key instead).
+    sampling.method 'ddpm' (ancestral; respaced to sampling.num_steps with sampling.spacing if given,
+    Nichol & Dhariwal 2021 sec. 4) or 'ddim' (eta = sampling.eta, Song et al. 2021); clip_x0 as in
+    `diffusion.p_mean_variance`. A class-conditional model (model.num_classes = K) samples the labels
+    i mod K, with classifier-free guidance if sampling.guidance_w != 0 (`diffax.guidance.classifier_free`,
+    null class K; the model must have been trained with label dropout, diffusion.p_uncond > 0).
+    ``classifier = (module, params)`` of a noise-aware classifier (K classes) with
+    sampling.classifier_scale != 0: classifier guidance toward the labels i mod K, applied to the eps
+    implied by the model's output whatever diffusion.mean_type is (`diffax.guidance.classifier`;
+    Dhariwal & Nichol 2021, Algorithms 1-2).
+    'annealed_langevin' (training.objective 'ncsn'): Song & Ermon 2019, Algorithm 1 over `build_sigmas`,
+    from x ~ N(0, sigma_1^2 I) (the sigma_1-perturbed data is close to it when sigma_1 is large).
+    """
+    sample_labeled, num_labels = labeled_sampler(config, model, schedule, data_shape, classifier)
+
+    def sample_fn(params, key: jax.Array, n: int) -> jax.Array:
+        y = None if num_labels is None else jnp.arange(n, dtype=jnp.int32) % num_labels
+        return sample_labeled(params, key, n, y)
+
+    return sample_fn
+
+
+def per_example_sampler(sample_labeled: Callable, num_labels: int | None) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """``sample_fn(params, key, indices) -> (len(indices), *data_shape)``: sample i drawn from its own key
+    ``fold_in(key, i)`` for the label ``i mod num_labels``, so it depends on (key, i) only, not on which
+    batch, device or process draws it (the batch is a `jax.vmap` over single-sample runs).
+    ``sample_labeled(params, key, n, y)`` is `Experiment.sampler`'s function."""
+
+    def sample_fn(params, key: jax.Array, indices: jax.Array) -> jax.Array:
+        def one(i):
+            y = None if num_labels is None else (i % num_labels).astype(jnp.int32)[None]
+            return sample_labeled(params, jax.random.fold_in(key, i), 1, y)[0]
+
+        return jax.vmap(one)(jnp.asarray(indices))
+
+    return sample_fn
+
+
+def labeled_sampler(
+    config: ml_collections.ConfigDict,
+    model,
+    schedule: Schedule,
+    data_shape: tuple[int, ...],
+    classifier: tuple[Any, Any] | None = None,
+) -> tuple[Callable, int | None]:
+    """(sample_labeled(params, key, n, y) -> x, K): the config's sampler for given labels y (n,) or None,
+    and the number of labels K the samples are drawn for (None: unlabeled); `build_sampler` says what it draws."""
+    s = config.sampling
+    method = check_choice("sampling.method", s.method, SAMPLING_METHODS)
+    obj = objective(config)
+    if obj == "noisy_classifier":
+        raise ValueError("training.objective='noisy_classifier' trains a classifier: it has no sampler (use it "
+                         "through sampling.classifier_workdir of a diffusion config)")
+    if (obj == "ncsn") != (method == "annealed_langevin"):
+        raise ValueError(f"sampling.method={method!r} does not fit training.objective={obj!r}: 'ncsn' samples "
+                         "with 'annealed_langevin', diffusion models with 'ddpm' or 'ddim'")
+    num_classes = config.model.num_classes
+    data_shape = tuple(int(d) for d in data_shape)
+    if method == "annealed_langevin":
+        sigmas = build_sigmas(config)
+        steps_per_level = check_int("sampling.steps_per_level", s.steps_per_level, 1)
+
+        def langevin_fn(params, key: jax.Array, n: int, y) -> jax.Array:
+            k_init, k_run = jax.random.split(key)
+            x_init = sigmas[0] * jax.random.normal(k_init, (n,) + data_shape)
+            score_fn = step.ncsn_score_fn(model.apply, {"params": params}, y=y)
+            return samplers.annealed_langevin(score_fn, sigmas, k_run, x_init, eps=s.langevin_eps,
+                                              steps_per_level=steps_per_level, denoise=s.denoise)  # fmt: skip
+
+        return langevin_fn, num_classes
+    T = schedule.num_timesteps
+    num_steps = T if s.num_steps is None else check_int("sampling.num_steps", s.num_steps, 1)
+    if num_steps > T:
+        raise ValueError(f"sampling.num_steps must be <= diffusion.num_timesteps={T}, got {num_steps}")
+    spacing = check_choice("sampling.spacing", s.spacing, SPACINGS)
+    timesteps = None if num_steps == T else schedules.space_timesteps(T, num_steps, spacing)
+    if timesteps is not None and spacing == "leading" and T % num_steps:
+        first, abar = int(timesteps[-1]), np.asarray(schedule.alphas_cumprod, np.float64)
+        logger.warning(
+            "sampling.spacing='leading' with sampling.num_steps=%d of diffusion.num_timesteps=%d: N does not divide "
+            "T, so the stride is T // N = %d and sampling starts at step %d (alpha-bar %.2g), not at T - 1 = %d "
+            "(alpha-bar %.2g); this is diffusers' 'leading': 'trailing' or 'linspace' start at T - 1",
+            num_steps, T, T // num_steps, first, abar[first], T - 1, abar[-1])  # fmt: skip
+    mean_type, var_type = config.diffusion.mean_type, config.diffusion.var_type
+    clip_x0 = _check_clip(s.clip_x0)
+    w, scale = float(s.guidance_w), float(s.classifier_scale)
+    if not (math.isfinite(w) and math.isfinite(scale)):
+        raise ValueError(f"sampling.guidance_w and sampling.classifier_scale must be finite, got {w}, {scale}")
+    if w != 0 and num_classes is None:
+        raise ValueError(f"sampling.guidance_w={w} needs a class-conditional model (model.num_classes), got None")
+    if w != 0 and not config.diffusion.p_uncond > 0:
+        raise ValueError(f"sampling.guidance_w={w} needs a model trained with label dropout (diffusion.p_uncond > 0, "
+                         f"e.g. 0.1): with p_uncond={config.diffusion.p_uncond} its null label was never trained")
+    if scale != 0 and classifier is None:
+        raise ValueError(f"sampling.classifier_scale={scale} needs a classifier (sampling.classifier_workdir)")
+    num_labels = num_classes
+    if scale != 0:
+        clf_module, clf_params = classifier
+        num_labels = clf_module.num_classes
+
+    def sample_labeled(params, key: jax.Array, n: int, y) -> jax.Array:
+        y_model = y if num_classes is not None else None
+
+        def eps_fn(x_t, t, labels):
+            return model.apply({"params": params}, x_t, t, y=labels, train=False)
+
+        def model_fn(x_t, t):
+            return eps_fn(x_t, t, y_model)
+
+        if w != 0:
+            model_fn = guidance.classifier_free(eps_fn, y, w=w, null_label=num_classes)
+        if scale != 0:
+            def log_prob_fn(x_t, t, labels):
+                logits = clf_module.apply({"params": clf_params}, x_t, t, train=False)
+                logp = jax.nn.log_softmax(logits, axis=-1)
+                return jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+            model_fn = guidance.classifier(model_fn, log_prob_fn, schedule, y, scale=scale, mean_type=mean_type)
+
+        shape = (n,) + data_shape
+        if method == "ddpm":
+            return samplers.ddpm(model_fn, schedule, key, shape, mean_type=mean_type, var_type=var_type,
+                                 clip_x0=clip_x0, timesteps=timesteps)  # fmt: skip
+        return samplers.ddim(model_fn, schedule, key, shape, num_steps=num_steps, spacing=spacing, eta=s.eta,
+                             mean_type=mean_type, var_type=var_type, clip_x0=clip_x0)  # fmt: skip
+
+    return sample_labeled, num_labels
