@@ -74,11 +74,36 @@ numbers was run here (no weights, no GPU); times are estimates for one H100-clas
     # DPM-Solver++(2M) at 10 / 20 NFE (no paper value for this checkpoint; Lu et al. 2022 report FID ~4.7 /
     # ~4.2 at 10 / 20 NFE for a similar discrete CIFAR-10 model): not a sampling.method of the CLI yet; the
     # Python lines are in docs/pretrained.md (~1 min each + features).
+
+Variant ``:edm``: EDM's unconditional CIFAR-10 training (Karras et al. 2022, Table 7 "VP, config F" column and
+NVlabs/edm train.py --arch=ddpmpp --cond=0 --batch=512 --lr=10e-4 --dropout=0.13) with OUR UNet: loss
+`diffax.edm.edm_loss` (ln sigma ~ N(-1.2, 1.2^2), sigma_data 0.5) on the network wrapped in
+`diffax.models.Preconditioned` (kind 'edm'); Adam lr 1e-3 ramped up linearly over 10 Mimg (19,531 steps at
+batch 512), batch 512, 200 Mimg (390,625 steps), dropout 0.13, no gradient clipping (EDM has none), EMA
+half-life 0.5 Mimg -> decay per step 0.5^(512 / 500,000) = 0.999290 (our EMA warm-up instead of EDM's
+ema_rampup_ratio 0.05), random flips and EDM's non-leaking augmentation both OFF; samples with EDM's Heun
+sampler, 18 steps (35 NFE), sigma in [0.002, 80], rho 7, deterministic (paper: FID 1.97 with their network).
+Differences from EDM's DDPM++ network (56M parameters; ours 56,524,291, counted by `jax.eval_shape` of
+`init_params`): ours is DDPM's UNet with ch 128, ch_mult (2, 2, 2)
+(256 channels at 32, 16, 8 as DDPM++'s 128 x [2, 2, 2]), 4 res blocks per resolution, attention at 16x16,
+down/up-sampling inside residual blocks (model.resblock_updown, as SongUNet's down / up UNetBlocks) and
+model.skip_rescale on (DDPM++'s skip_scale sqrt(1/2)); but the resampling of those blocks is average pooling /
+nearest instead of the [1, 1] FIR filter, GroupNorm(32) everywhere, the
+time embedding of c_noise = ln(sigma) / 4 by DDPM's sinusoid (DDPM++ uses positional embedding of
+c_noise with channel_mult_noise 1 as well, but a different frequency layout), no augmentation
+conditioning, and the loss averaged (not summed) over the 3072 dimensions (the same Adam step up to its eps).
+
+    W=runs/cifar10_edm; C=configs/cifar10.py:edm
+    python -m diffax.main --config=$C --workdir=$W --mode=train
+    python -m diffax.main --config=$C --workdir=$W --mode=sample,eval --config.sampling.num_samples=50000 \
+        --config.sampling.batch_size=2000 --config.eval.inception_weights=weights/pt_inception-2015-12-05-6726825d.npz
 """
 
 from diffax.training import presets
 
-VARIANTS = ("pretrained", "ddim")
+VARIANTS = ("pretrained", "ddim", "edm")
+EDM_BATCH = 512
+EDM_EMA_HALFLIFE_IMAGES = 500_000  # EDM's ema_halflife_kimg = 500
 PRETRAINED_DIR = "weights/ddpm-cifar10-32"
 
 
@@ -114,5 +139,23 @@ def get_config(arg=None):
     if "ddim" in variants:  # DDIM's Table 1 setting: eta = 0, 'leading' steps, no clipping (Song et al. 2021)
         config.sampling.method, config.sampling.num_steps, config.sampling.eta = "ddim", 10, 0.0
         config.sampling.spacing, config.sampling.clip_x0 = "leading", None
+    if "edm" in variants:
+        if len(variants) > 1:
+            raise ValueError(f"cifar10: variant 'edm' stands alone, got {variants}")
+        config.training.objective = "edm"
+        config.training.batch_size = EDM_BATCH
+        config.training.num_steps = 200_000_000 // EDM_BATCH  # 200 Mimg: 390,625 steps
+        config.training.ema_decay = 0.5 ** (EDM_BATCH / EDM_EMA_HALFLIFE_IMAGES)  # 0.999290
+        config.optim.lr = 1e-3
+        config.optim.warmup_steps = 10_000_000 // EDM_BATCH  # lr ramp-up over 10 Mimg: 19,531 steps
+        config.optim.grad_clip = None
+        config.data.random_flip = False
+        config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 128, (2, 2, 2), 4
+        config.model.attn_resolutions, config.model.dropout, config.model.skip_rescale = (16,), 0.13, True
+        config.model.resblock_updown = True
+        config.diffusion.var_type = "fixed_small"  # unused by 'edm' (no discrete schedule); fixed, not learned
+        config.edm.kind, config.edm.sigma_data, config.edm.p_mean, config.edm.p_std = "edm", 0.5, -1.2, 1.2
+        config.sampling.method, config.sampling.num_steps, config.sampling.rho = "edm", 18, 7.0
+        config.sampling.clip_x0 = None
     config.lock()
     return config

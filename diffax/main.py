@@ -100,6 +100,10 @@ def run(config, workdir: str, modes: list[str]) -> dict:
     from diffax.training import builders, evaluate, train  # heavy imports after flag parsing
 
     exp = builders.build(config)
+    # The files eval.* names are read before any work: a missing or damaged one stops here, not after training.
+    eval_files = {}
+    if "eval" in modes and not exp.data.is_toy and exp.objective != "noisy_classifier":
+        eval_files["inception_variables"] = evaluate.check_eval_files(exp)
     out: dict = {}
     for mode in modes:
         if mode == "train":
@@ -107,7 +111,7 @@ def run(config, workdir: str, modes: list[str]) -> dict:
         elif mode == "sample":
             out["samples"] = evaluate.sample(exp, workdir)
         else:
-            out["eval"] = evaluate.evaluate(exp, workdir, samples=out.get("samples"))
+            out["eval"] = evaluate.evaluate(exp, workdir, samples=out.get("samples"), **eval_files)
     return out
 
 

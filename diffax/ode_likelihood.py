@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from diffax import ode
 from diffax._util import check_choice, check_int, sum_flat
-from diffax.processes import ContinuousVP
+from diffax.processes import Process
 
 Array = jnp.ndarray
 
@@ -68,13 +68,14 @@ def standard_normal_logp(z: Array) -> Array:
 
 def ode_log_likelihood(
     score_fn: ode.ScoreFn,
-    sde: ContinuousVP,
+    sde: Process,
     key: Array,
     x: Array,
     *,
     trace: str = "hutchinson",
     hutchinson_dist: str = "rademacher",
-    t_eps: float = 1e-5,
+    t_eps: float | None = None,
+    t_max: float | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     solver: str = "tsit5",
@@ -86,15 +87,16 @@ def ode_log_likelihood(
 
     d log p_tau(x(tau)) / dtau = -div f(x(tau), tau)  (Chen et al. 2018, Thm. 1; Song et al. 2021,
     eq. 39 / App. D.2), so integrating (x, z) with dz/dtau = div f from tau = t_eps (x(t_eps) = x)
-    to 1 gives
+    to T = t_max (default the process's) gives
 
-        log p_{t_eps}(x) = log p_1(x(1)) + int_{t_eps}^1 div f(x(tau), tau) dtau
-                         = prior_logp + delta_logp.
+        log p_{t_eps}(x) = log p_T(x(T)) + int_{t_eps}^T div f(x(tau), tau) dtau
+                         = prior_logp + delta_logp,
 
-    This is the density of x_{t_eps} = sqrt(abar(t_eps)) x_0 + sqrt(1 - abar(t_eps)) z, not of x_0
-    itself; t_eps -> 0 recovers the data density (score_sde's default 1e-5 makes the gap negligible).
-    p_1 is taken as N(0, I) (score_sde's convention; exact up to the O(abar(1)) prior mismatch) unless
-    ``prior_logp_fn(z) -> (B,)`` is given.
+    with f the drift of any process (`ode.drift`). This is the density of x_{t_eps} = alpha(t_eps) x_0 +
+    sigma(t_eps) z, not of x_0 itself; t_eps (default max(1e-5, t_min)) -> 0 recovers the data density
+    (score_sde's default 1e-5 makes the gap negligible for the VP). p_T is taken as the process's
+    prior N(0, prior_std^2 I) (`Process.prior_logp`; N(0, I) for the VP, score_sde's convention, exact
+    up to the O(abar(1)) prior mismatch) unless ``prior_logp_fn(z) -> (B,)`` is given.
 
     trace: 'exact' computes div f = tr(df/dx) with one jvp per input dimension (for low D; the
     examples of a batch must not interact); 'hutchinson' uses tr J = E[e^T J e] with ONE probe e per
@@ -106,10 +108,12 @@ def ode_log_likelihood(
     """
     check_choice("trace", trace, TRACES)
     check_choice("hutchinson_dist", hutchinson_dist, HUTCHINSON_DISTS)
-    ode.check_tolerances(rtol, atol, t_eps)
+    t_eps = ode.end_time(sde, t_eps, 1e-5)
+    ode.check_tolerances(rtol, atol, t_eps, sde)
+    t_max = ode.start_time(sde, t_max, t_eps)
     x = jnp.asarray(x)
     batch = x.shape[0]
-    prior_logp_fn = standard_normal_logp if prior_logp_fn is None else prior_logp_fn
+    prior_logp_fn = sde.prior_logp if prior_logp_fn is None else prior_logp_fn
 
     if trace == "hutchinson":
         if hutchinson_dist == "rademacher":
@@ -144,7 +148,7 @@ def ode_log_likelihood(
         vector_field,
         init,
         ode.time_endpoint(sde, t_eps, time_variable),
-        ode.time_endpoint(sde, 1.0, time_variable),
+        ode.time_endpoint(sde, t_max, time_variable),
         rtol=rtol,
         atol=atol,
         solver=solver,

@@ -7,7 +7,11 @@ If x_0 ~ sum_k w_k N(mu_k, Sigma_k) (Sigma_k diagonal), then under x = c x_0 + s
 so every quantity a diffusion model learns has a closed form:
   - DDPM/DDIM marginal q(x_t):   c = sqrt(alpha-bar_t), sigma^2 = 1 - alpha-bar_t  (Ho et al. 2020, eq. 4);
   - NCSN perturbation q_sigma(x): c = 1, sigma = the noise level                  (Song & Ermon 2019);
-  - the exact score, the exact eps = -sqrt(1 - alpha-bar_t) score, and E[x_0 | x_t] (Tweedie).
+  - the exact score, the exact eps = -sqrt(1 - alpha-bar_t) score, and E[x_0 | x_t] (Tweedie);
+  - any continuous process of `diffax.processes` (c = alpha(t), sigma = sigma(t)): `marginal_log_prob`,
+    `marginal_score`, `denoiser` (E[x_0 | x_t], EDM's D(x; sigma) for `processes.edm`), `noise_prediction`
+    (E[eps | x_t]) and `velocity` (E[dx_t/dt | x_t] = alpha' E[x_0 | x_t] + sigma' E[eps | x_t]; for
+    rectified flow E[eps - x_0 | x_t], the flow-matching target).
 These are the tests' ground truth and double as users' debugging tools: plug ``mix.eps`` into any
 sampler to check it in isolation from training.
 """
@@ -24,7 +28,16 @@ from diffax.schedules import Schedule
 
 Array = jnp.ndarray
 
-__all__ = ["GaussianMixture", "seed_mixture_1d", "anisotropic_mixture_2d"]
+__all__ = [
+    "GaussianMixture",
+    "seed_mixture_1d",
+    "anisotropic_mixture_2d",
+    "marginal_log_prob",
+    "marginal_score",
+    "denoiser",
+    "noise_prediction",
+    "velocity",
+]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -219,3 +232,47 @@ def anisotropic_mixture_2d(schedule: Schedule | None = None) -> GaussianMixture:
         [[0.15, 0.4], [0.5, 0.1], [0.25, 0.25]],
         schedule,
     )
+
+
+# ============================================================================ under any continuous process
+
+
+def _process_coefs(process, x: Array, t) -> tuple[Array, Array]:
+    """(alpha(t), sigma(t)^2) of ``process`` broadcast to x's batch shape x.shape[:-1]."""
+    alpha, var = process.marginal_coefs(jnp.asarray(t))
+    return jnp.broadcast_to(alpha, x.shape[:-1]), jnp.broadcast_to(var, x.shape[:-1])
+
+
+def marginal_log_prob(mix: GaussianMixture, process, x: Array, t) -> Array:
+    """log p_t(x) of x_t = alpha(t) x_0 + sigma(t) eps, x_0 ~ mix, for any `diffax.processes` process;
+    x (..., D), t a scalar or of shape x.shape[:-1]."""
+    return mix.log_prob_scaled(x, *_process_coefs(process, x, t))
+
+
+def marginal_score(mix: GaussianMixture, process, x: Array, t) -> Array:
+    """The exact score grad_x log p_t(x) under any process (shapes as `marginal_log_prob`)."""
+    return mix.score_scaled(x, *_process_coefs(process, x, t))
+
+
+def denoiser(mix: GaussianMixture, process, x: Array, t) -> Array:
+    """The exact E[x_0 | x_t = x] under any process (per-component Gaussian conditioning, finite as
+    sigma -> 0 and as alpha -> 0). Tweedie: = (x + sigma^2 score) / alpha where alpha > 0. For
+    `processes.edm` (alpha = 1, sigma = t) it is EDM's ideal denoiser D(x; sigma) (Karras et al. 2022, eq. 3)."""
+    return mix.posterior_mean_scaled(x, *_process_coefs(process, x, t))
+
+
+def noise_prediction(mix: GaussianMixture, process, x: Array, t) -> Array:
+    """The exact E[eps | x_t = x] = -sigma(t) score (Tweedie; = (x - alpha E[x_0 | x]) / sigma)."""
+    sigma = jnp.broadcast_to(process.sigma(jnp.asarray(t)), x.shape[:-1])
+    return -sigma[..., None] * marginal_score(mix, process, x, t)
+
+
+def velocity(mix: GaussianMixture, process, x: Array, t) -> Array:
+    """The exact flow velocity E[dx_t/dt | x_t = x] = alpha'(t) E[x_0 | x] + sigma'(t) E[eps | x]: the
+    probability-flow ODE's field (Song et al. 2021, eq. 13; = `ode.drift`), and for rectified flow
+    (alpha' = -1, sigma' = 1) E[eps - x_0 | x], the flow-matching regression target (Lipman et al. 2023,
+    eq. 9; Liu et al. 2023). Finite at alpha = 0 (rectified flow at t = 1: x - E[x_0])."""
+    t = jnp.asarray(t)
+    da = jnp.broadcast_to(process.dalpha(t), x.shape[:-1])[..., None]
+    ds = jnp.broadcast_to(process.dsigma(t), x.shape[:-1])[..., None]
+    return da * denoiser(mix, process, x, t) + ds * noise_prediction(mix, process, x, t)

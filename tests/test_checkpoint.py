@@ -59,6 +59,7 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_resume_in_new_process_is_bitwise_identical(tmp_path):
     """20 steps straight == 10 steps, then a NEW process resuming to 20 (params, EMA, Adam, step).
 
@@ -157,6 +158,7 @@ def test_async_save_is_immune_to_donation(tmp_path):
     np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(1_000_000, dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from diffax.training import presets, train
 
@@ -179,6 +181,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         assert np.all(np.isfinite(x.astype(np.float64)))
 
 
+@pytest.mark.slow
 def test_importance_sampling_loss_history_is_checkpointed_and_resumes_bitwise(tmp_path):
     """diffusion.timestep_sampling='importance' through the loop: the loss history lives in
     TrainState.extra, is saved, and 8 straight steps == 4 + resume + 4 bitwise (params and history).
@@ -567,6 +570,7 @@ def _plant_in_flight_save(ckpt_dir, step: int) -> None:
     assert ocp.path.step.TMP_DIR_SUFFIX in os.path.basename(tmp)  # Orbax's own marker of unfinalized steps
 
 
+@pytest.mark.slow
 def test_sample_and_eval_never_touch_a_running_trainers_checkpoints(trained10, tmp_path):
     """Item 2: `--mode=sample` and `--mode=eval` on a run whose trainer is saving step 15 (an in-flight
     temporary directory) leave every file and directory under checkpoints/ as it was (paths, sizes, mtimes,
@@ -622,6 +626,7 @@ def _garble_config(step_dir) -> None:
         f.write('{"model": {"hidden": 1')  # torn JSON
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [_change_data_position, _garble_config], ids=["data_position", "config"])
 def test_damaged_data_position_or_config_falls_back_and_resumes_bitwise(trained10, straight20, tmp_path, damage):
     """Item 5: a changed digit in step 10's data position, or its config made unreadable, is damage like an
@@ -643,6 +648,7 @@ def test_damaged_data_position_or_config_falls_back_and_resumes_bitwise(trained1
     _assert_tree_equal(_load_state(wd, 20), straight20)
 
 
+@pytest.mark.slow
 def test_unreadable_config_of_every_step_still_stops_with_one_line(trained10, tmp_path):
     """Control for the fallback: when no step has an intact config and state the trainer refuses (no guess)."""
     wd = _copy(trained10, tmp_path / "run")
@@ -662,6 +668,7 @@ def _can_mount_read_only() -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_read_only(), reason="needs unshare -rm (user + mount namespaces)")
 def test_read_only_checkpoints_dir_is_one_line_and_writes_nothing(trained10, tmp_path):
     """Item 12: resuming a run whose checkpoints/ is read-only stops at once with one line naming the
@@ -693,6 +700,7 @@ def test_read_only_checkpoints_dir_is_one_line_and_writes_nothing(trained10, tmp
     assert np.load(wd / "samples.npz")["samples"].shape == (32, 1)
 
 
+@pytest.mark.slow
 def test_damaged_manifest_falls_back_without_tracebacks(trained10, tmp_path):
     """Item 13: a damaged Orbax manifest in step 10 -> sampling falls back to step 5 with the one warning;
     the reads Orbax abandoned print no "RuntimeError: Event loop is closed" tracebacks."""

@@ -121,7 +121,7 @@ def test_objective_model_and_sampler_must_fit():
     with pytest.raises(ValueError, match="training.objective='noisy_classifier' does not fit model.name='mlp'"):
         train_builders.objective(config)
     config.training.objective = "score"
-    with pytest.raises(ValueError, match=r"unknown training.objective 'score'; allowed: \['diffusion', 'ncsn', 'noisy_classifier'\]"):
+    with pytest.raises(ValueError, match=r"unknown training.objective 'score'; allowed: \['diffusion', 'ncsn', 'noisy_classifier', 'edm', 'flow_matching'\]"):
         train_builders.objective(config)
     config = presets.base_config()
     model, s = model_builders.build_model(config, (2,)), model_builders.build_schedule(config)
@@ -286,13 +286,15 @@ def test_sample_fingerprint_parts_are_what_sample_i_depends_on():
     """`SampleSettings.fingerprint_parts` (the finished sample parts' key, so evaluate reads no config): equal for
     two sampling.batch_size values (the chunk size does not change sample i), different for another
     sampling.eta or seed, and the very parts the fingerprint was made of before it moved into the Experiment
-    (seed, model.*, diffusion.*, ncsn.*, sampling.* without batch_size, data.name), so parts saved before
-    are reused."""
+    (seed, model.*, diffusion.*, ncsn.*, sampling.* without batch_size and without the keys added for the
+    continuous-time samplers, data.name), so parts saved before are reused."""
     config = presets.load_config(os.path.join(REPO, "configs", "gmm1d.py"))
     parts = builders.build(config).sampling.fingerprint_parts
     c = config.to_dict()
     assert parts == (c["seed"], c["model"], c["diffusion"], c["ncsn"],
-                     {k: v for k, v in c["sampling"].items() if k != "batch_size"}, c["data"]["name"])  # fmt: skip
+                     {k: v for k, v in c["sampling"].items()
+                      if k != "batch_size" and k not in sampler_builders.CONTINUOUS_SAMPLING_KEYS},
+                     c["data"]["name"])  # fmt: skip
     config.sampling.batch_size = 7
     assert builders.build(config).sampling.fingerprint_parts == parts
     config.sampling.eta = 0.5

@@ -87,6 +87,7 @@ def _assert_same_step(reference: dict, ref_prefix: str, other: dict, prefix: str
         np.testing.assert_allclose(b, a, rtol=0, atol=LEAF_REL * scale, err_msg=k)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device(worker_outputs):
     out = worker_outputs["devices"]
     assert int(out["num_devices"]) == 8
@@ -97,6 +98,7 @@ def test_eight_devices_equal_one_device(worker_outputs):
         assert change > 1000 * ATOL, k
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(worker_outputs):
     reference = worker_outputs["devices"]
     for i in range(2):
@@ -105,6 +107,7 @@ def test_two_processes_equal_one_process(worker_outputs):
         _assert_same_step(reference, "one/", out, "multi/")
 
 
+@pytest.mark.slow
 def test_indivisible_global_batch_names_both_numbers(worker_outputs):
     message = str(worker_outputs["devices"]["error"])
     assert "global batch size 6" in message and "number of devices 8" in message

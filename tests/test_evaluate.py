@@ -40,6 +40,7 @@ def _generate(config, workdir, chunk):
     return evaluate.generate(builders.build(config), workdir)[0]
 
 
+@pytest.mark.slow
 def test_labels_and_samples_do_not_depend_on_the_chunk_size(conditional_run):
     """Chunks of 7 and 10 (K = 3, N = 23: neither divides) give the samples of one chunk of 23. Each
     sample is computed by the same per-example program whatever the batch; we allow float32 rounding
@@ -53,6 +54,7 @@ def test_labels_and_samples_do_not_depend_on_the_chunk_size(conditional_run):
         np.testing.assert_allclose(_generate(config, workdir, chunk), whole, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sample_i_is_the_run_of_its_own_key_and_label(conditional_run):
     """Row i of the samples is the sampler run alone on key fold_in(sample_key, i) for label i mod 3
     (rtol 1e-5): the definition `evaluate` documents. Control: the label (i + 1) mod 3 gives another sample."""

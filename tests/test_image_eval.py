@@ -171,6 +171,7 @@ def test_classifier_metrics_match_feature_fid(classifier_file):
     assert image_eval.reference_metrics(samples, reference, sample_labels=labels) == out
 
 
+@pytest.mark.slow
 def test_eval_mode_writes_bpd_and_fid_for_mnist(tmp_path, classifier_file):
     """`--mode=train,sample,eval` on mock MNIST with a tiny UNet (T = 10): eval.json holds the test-split
     bits/dim (equal to the mean of `likelihood.vlb_bpd` of each image alone on the checkpoint's EMA params
@@ -354,7 +355,8 @@ def test_cli_bad_inception_weights_is_one_line_naming_the_flag_and_the_file(tiny
     """`--mode=eval --config.eval.inception_weights=PATH` with garbage bytes (.npz, .pth), a truncated file
     (.npz, .pth: the first half of a valid one) and a missing file: exit status 1, no traceback, and the last
     stderr line is ``diffax: error: <Type>: eval.inception_weights=PATH: <what is wrong>``. Before: a
-    traceback (BadZipFile, 'Cannot load file containing pickled data') or a line naming neither."""
+    traceback (BadZipFile, 'Cannot load file containing pickled data') or a line naming neither. The file is
+    read before any work: `--mode=sample,eval` draws no sample first."""
     wd, data, _ = tiny_image_run
     for name, make, reason in _BAD_WEIGHTS:
         path = tmp_path / name
@@ -366,3 +368,11 @@ def test_cli_bad_inception_weights_is_one_line_naming_the_flag_and_the_file(tiny
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, (name, proc.stderr[-3000:])
         assert re.fullmatch(rf"diffax: error: \w+: eval\.inception_weights={re.escape(str(path))}: .+", last), last
         assert reason in last, (name, last)
+    # Read before any work (issue 20, item 14): `--mode=sample,eval` at another N (so every sample would be new)
+    # stops on the missing file before drawing one sample: no sample part, samples.npz unchanged.
+    parts = sorted(os.listdir(wd / "samples"))
+    before = (wd / "samples.npz").read_bytes()
+    proc = _main(wd, data, "--mode=sample,eval", "--config.sampling.num_samples=3", "--config.eval.num_samples=3",
+                 f"--config.eval.inception_weights={tmp_path / 'missing.npz'}")  # fmt: skip
+    assert proc.returncode == 1 and "eval.inception_weights=" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert sorted(os.listdir(wd / "samples")) == parts and (wd / "samples.npz").read_bytes() == before

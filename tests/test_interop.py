@@ -139,6 +139,7 @@ def test_ddim_10_steps_equal_diffusers(loaded, ddim_cifar):
     assert rel_err(noclip, g["ddim_clip"]) > 1e-2
 
 
+@pytest.mark.slow
 def test_ddpm_10_steps_equal_diffusers(loaded):
     """10-step ancestral DDPM (respaced to t = 900, ..., 0; sigma^2 = the respaced beta, 'fixed_large';
     x0 clipped to [-1, 1]: the scheduler config's settings) with the per-step noise diffusers used (diffax's
@@ -306,6 +307,7 @@ def test_init_from_starts_training_from_imported_weights(loaded):
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), b), state.ema_params, ref))
 
 
+@pytest.mark.slow
 def test_cli_samples_with_init_from_and_no_checkpoint(tmp_path, ddim_cifar):
     """python -m diffax.main --config=configs/cifar10.py --config.model.init_from=<fixture> --mode=sample in an
     empty workdir (10-step DDIM, clip_x0 = 1, 2 samples): samples.npy equals diffax's DDIM on the loaded

@@ -399,6 +399,7 @@ def _param_model(p):
     return lambda x, t: p + jnp.concatenate([x, jnp.zeros_like(x)], -1)
 
 
+@pytest.mark.slow
 def test_hybrid_stop_gradient_on_mean(x64, mean_type="eps"):
     """grad of (hybrid - simple) wrt the mean channels is exactly 0 (the vlb term sees sg(mean)), the
     variance channels get a nonzero gradient, and the hybrid's mean gradient equals the MSE's.
@@ -420,6 +421,7 @@ def test_hybrid_stop_gradient_on_mean(x64, mean_type="eps"):
     np.testing.assert_allclose(diff[..., 3:], 0.001 * 30 * g_v[..., 3:], rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_hybrid_value_relations(x64):
     """hybrid = w (mse + lambda T vb);  rescaled_mse = hybrid at lambda = 0.001 (improved-diffusion's
     vb T / 1000);  'vlb' = w vb;  'rescaled_vlb' = T w vb;  fixed variances drop the frozen vb term;

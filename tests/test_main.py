@@ -36,6 +36,7 @@ def _config(name: str):
     return presets.load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
+@pytest.mark.slow
 def test_gmm1d_train_sample_eval_matches_mixture(tmp_path):
     """configs/gmm1d.py as shipped (3000 steps on 800 points, T=1000, 2000 DDPM samples).
 
@@ -150,6 +151,7 @@ def _final_steps(workdir) -> list[int]:
     return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
 
 
+@pytest.mark.slow
 def test_two_processes_train_kill_resume_sample_eval_match_one_process(tmp_path):
     """`python -m diffax.main` as 2 processes (gloo on 127.0.0.1, one CPU device each; toy2d:gmm2d, a
     class-conditional MLP, global batch 64 = 32 per process): train with a checkpoint every 10 steps, kill -9

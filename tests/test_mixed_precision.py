@@ -88,6 +88,7 @@ def _compile_rounding(fn, *args):
     return jax.jit(fn).lower(*args).compile(compiler_options={"xla_allow_excess_precision": False})(*args)
 
 
+@pytest.mark.slow
 def test_bf16_unet_input_convolution_sees_the_unrounded_noise():
     """At t = 0 (b_0 = 0.01) the noise is 1% of x_t, and rounding x_t to bf16 (unit roundoff 2^-8 on values
     near +-1) destroys a large part of it. The bf16 U-Net's input convolution must see x_t in float32.
@@ -197,6 +198,7 @@ def _float_dtypes(tree) -> set:
     return {leaf.dtype for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)}
 
 
+@pytest.mark.slow
 def test_bf16_unet_train_step_keeps_state_float32():
     """A bf16 train step of DDPM's CIFAR-10 U-Net (dropout on, Adam + EMA), traced with ``jax.eval_shape``
     (no compile): params, EMA and Adam moments of the new state are float32, and so is the loss."""
@@ -214,6 +216,7 @@ def test_bf16_unet_train_step_keeps_state_float32():
     assert metrics["loss"].dtype == F32
 
 
+@pytest.mark.slow
 def test_bf16_train_step_runs_in_float32_state_and_loss():
     """One bf16 and one float32 step from the same state, key and batch (MLP on 2-D data, executed).
 
@@ -252,6 +255,7 @@ def test_bf16_train_step_runs_in_float32_state_and_loss():
         assert update_error(get(state0), get(s32), get(state0)) > 0.01  # negative control: no update
 
 
+@pytest.mark.slow
 def test_mlp_dtype_default_unchanged_and_bf16_close():
     """MLP(dtype=None) (the default) promotes like Flax (float64 under x64); dtype='bfloat16' returns float32
     within 2% (relative L2) of float32 on a 3-layer, 64-wide network (measured ~0.3%)."""

@@ -47,6 +47,7 @@ def _fast_key(seed):
 
 # ---------------------------------------------------------------- parameter counts (papers)
 
+@pytest.mark.slow
 def test_ddpm_cifar10_parameter_count():
     # Ho et al. 2020, sec. 4: "Our CIFAR10 model has 35.7 million parameters"; the official TF code's
     # count for this configuration is 35,746,307.
@@ -212,6 +213,152 @@ def test_attention_matches_numpy_reference():
         out[..., s] = (wts / wts.sum(-1, keepdims=True)) @ v[..., s]
     ref = xn + (out @ p["proj_out"]["kernel"] + p["proj_out"]["bias"]).reshape(b, h, w, c)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)  # float32 vs float64 reference
+
+
+# ---------------------------------------------------------------- skip_rescale (score_sde's NCSN++ / DDPM++)
+
+_SQRT2 = np.sqrt(2.0)  # score_sde divides by np.sqrt(2.) (models/layerspp.py)
+
+
+def _captured(block, params, *args):
+    """``block.apply`` with every submodule's output captured (flax ``capture_intermediates``)."""
+    out, state = jax.jit(lambda p, *a: block.apply(p, *a, capture_intermediates=True))(params, *args)
+    return np.asarray(out), jax.tree.map(np.asarray, state["intermediates"])
+
+
+def _assert_same_tree(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    assert all(jax.tree.leaves(jax.tree.map(lambda u, v: u.shape == v.shape and np.array_equal(u, v), a, b)))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(down=True, use_scale_shift_norm=True), dict(up=True)])
+def test_resblock_skip_rescale_divides_the_residual_sum_by_sqrt2(kw):
+    """ResBlock(skip_rescale=True): the same parameters as without it, and out = (skip(x) + h) / sqrt(2) with
+    skip(x) = the nin_shortcut's output and h = conv2's output, both read from the block itself, to float32
+    rounding (rtol 1e-6 ~ 8 ulp; the same two ops, so in practice bitwise). Without the option, out = skip(x) + h
+    (which identifies the captured internals). Negative controls: the unscaled sum, and the sum divided by
+    1.4142 (a 1e-5 relative error), both fail the tolerance. Also the BigGAN up/down blocks (resblock_updown),
+    rescaled by score_sde's ResnetBlockBigGANpp as well."""
+    from diffax.models.layers import ResBlock
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 8)), jnp.float32)
+    temb = jnp.asarray(rng.standard_normal((2, 32)), jnp.float32)
+    off, on = (ResBlock(out_ch=16, num_groups=4, skip_rescale=r, **kw) for r in (False, True))
+    p_off, p_on = (jax.jit(m.init)(jax.random.PRNGKey(0), x, temb) for m in (off, on))
+    _assert_same_tree(p_off, p_on)  # no parameter added, same initial values
+    params = _perturb(p_off, 4, scale=0.2)  # conv2 is zero-initialized: make h non-zero
+    for block, scale in ((off, 1.0), (on, _SQRT2)):
+        out, inter = _captured(block, params, x, temb)
+        skip, h = inter["nin_shortcut"]["__call__"][0], inter["conv2"]["__call__"][0]
+        assert np.max(np.abs(h)) > 0.1 and np.max(np.abs(skip)) > 0.1
+        np.testing.assert_allclose(out, (skip + h) / np.float32(scale), rtol=1e-6, atol=1e-7)
+    for wrong in (skip + h, (skip + h) / np.float32(1.4142)):  # out is the rescaled block's
+        assert not np.allclose(out, wrong, rtol=1e-6, atol=1e-7)
+
+
+def test_attnblock_skip_rescale_divides_the_residual_sum_by_sqrt2():
+    """AttnBlock(skip_rescale=True) (score_sde's AttnBlockpp): the same parameters, out = (x + h) / sqrt(2) with
+    h = proj_out's output read from the block, to float32 rounding (rtol 1e-6); without it out = x + h.
+    Negative controls: x + h, and (x + h) / 1.4142, fail."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 4, 4, 8)), jnp.float32)
+    off, on = (AttnBlock(num_heads=2, num_groups=4, skip_rescale=r) for r in (False, True))
+    p_off, p_on = (jax.jit(m.init)(jax.random.PRNGKey(0), x) for m in (off, on))
+    _assert_same_tree(p_off, p_on)
+    params = _perturb(p_off, 5, scale=0.3)  # proj_out is zero-initialized
+    xn = np.asarray(x)
+    for block, scale in ((off, 1.0), (on, _SQRT2)):
+        out, inter = _captured(block, params, x)
+        h = inter["proj_out"]["__call__"][0]
+        assert np.max(np.abs(h)) > 0.1
+        np.testing.assert_allclose(out, (xn + h) / np.float32(scale), rtol=1e-6, atol=1e-7)
+    for wrong in (xn + h, (xn + h) / np.float32(1.4142)):
+        assert not np.allclose(out, wrong, rtol=1e-6, atol=1e-7)
+
+
+def _block_flags(model, params, x, t):
+    """(type name, skip_rescale) of every ResBlock / AttnBlock call in one forward pass of ``model``."""
+    import flax.linen as nn
+
+    from diffax.models.layers import ResBlock
+
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, (ResBlock, AttnBlock)):
+            seen.append((type(context.module).__name__, context.module.skip_rescale))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        out = model.apply(params, x, t)
+    return out, seen
+
+
+@pytest.mark.slow
+def test_unet_skip_rescale_same_parameters_every_block_rescaled_default_unchanged():
+    """UNet(skip_rescale=...): the parameter tree (structure and initial values) is that of the default UNet
+    either way; with False the outputs are bitwise the default UNet's; with True every ResBlock (including the
+    resblock_updown up/down blocks) and every AttnBlock runs with skip_rescale (counted: 2 + 1 down, 4 + 1 up and
+    2 mid ResBlocks; 1 down, 2 up and 1 mid AttnBlocks at 4x4), and the output changes (> 1e-3)."""
+    kw = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4, resblock_updown=True)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+    t = jnp.array([3, 900], jnp.int32)
+    default, off, on = UNet(**kw), UNet(**kw, skip_rescale=False), UNet(**kw, skip_rescale=True)
+    p_default = jit_once(default.init, jax.random.PRNGKey(0), x, t)
+    for m in (off, on):
+        _assert_same_tree(p_default, jit_once(m.init, jax.random.PRNGKey(0), x, t))
+    params = _perturb(p_default, 6)
+    out_default, flags_default = _block_flags(default, params, x, t)
+    out_off, _ = _block_flags(off, params, x, t)
+    out_on, flags_on = _block_flags(on, params, x, t)
+    np.testing.assert_array_equal(np.asarray(out_off), np.asarray(out_default))
+    kinds = sorted(k for k, _ in flags_on)
+    assert kinds.count("ResBlock") == 10 and kinds.count("AttnBlock") == 4
+    assert all(f for _, f in flags_on) and not any(f for _, f in flags_default)
+    assert float(jnp.max(jnp.abs(out_on - out_off))) > 1e-3
+
+
+def test_skip_rescale_through_the_builders_and_the_run_checks():
+    """model.skip_rescale (a model.* key of the schema, False in the presets) reaches the UNet through
+    `model_builders.build_model`; a run trained with one value is refused for resume / sample / eval with the
+    other (`restore.check_compatible` names the key; a run saved before the key compares as False); and a diffusers directory (model.init_from, whose
+    UNet2DModel resnets have output_scale_factor 1) is refused with skip_rescale=True by `check_init_from`."""
+    import os
+
+    from diffax.interop import config_overrides
+    from diffax.training import model_builders, presets, restore
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = presets.load_config(os.path.join(repo, "configs", "mnist.py") + ":tiny")
+    assert config.model.skip_rescale is False
+    assert model_builders.build_model(config, (28, 28, 1)).skip_rescale is False
+    saved = config.to_dict()
+    config.model.skip_rescale = True
+    model = model_builders.build_model(config, (28, 28, 1))
+    assert isinstance(model, UNet) and model.skip_rescale is True
+    for purpose in ("resume", "sample", "eval"):
+        restore.check_compatible(config.to_dict(), config.to_dict(), purpose=purpose)  # same value: no error
+        with pytest.raises(ValueError, match=r"model\.skip_rescale: run False vs now True"):
+            restore.check_compatible(saved, config.to_dict(), purpose=purpose)
+        # A run saved before the key existed was built without rescaling: it compares as False, not skipped.
+        older = {**saved, "model": {k: v for k, v in saved["model"].items() if k != "skip_rescale"}}
+        restore.check_compatible(older, saved, purpose=purpose)
+        with pytest.raises(ValueError, match=r"model\.skip_rescale: run False vs now True"):
+            restore.check_compatible(older, config.to_dict(), purpose=purpose)
+
+    fixture = os.path.join(repo, "tests", "fixtures", "diffusers", "ddpm_cifar10_tiny")
+    cifar = presets.load_config(os.path.join(repo, "configs", "cifar10.py"))
+    for k, v in config_overrides(fixture).items():
+        section, key = k.split(".")
+        cifar[section][key] = v
+    cifar.model.init_from = fixture
+    assert model_builders.build_model(cifar, (32, 32, 3)).skip_rescale is False  # agrees
+    cifar.model.skip_rescale = True
+    with pytest.raises(ValueError, match=r"model\.skip_rescale=True \(checkpoint: False\).*--config\.model\."
+                                         r"skip_rescale=False"):
+        model_builders.build_model(cifar, (32, 32, 3))
 
 
 # ---------------------------------------------------------------- convolutions: fast paths equal nn.Conv

@@ -66,6 +66,7 @@ def _perturbed(params, scale=0.05):
     return jax.tree.map(lambda p: p + (scale * rng.standard_normal(p.shape)).astype(np.float32), params)
 
 
+@pytest.mark.slow
 def test_build_sampler_classifier_free_guidance_equals_manual_composition():
     """sampling.guidance_w = w: the builder's sampler is guidance.classifier_free (labels i mod K, null K)
     under samplers.ddim (float32 rounding of two
@@ -115,6 +116,7 @@ def test_build_sampler_classifier_guidance_equals_manual_composition():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_build_sampler_ncsn_is_annealed_langevin_from_sigma_max_noise():
     """'annealed_langevin': x_init = sigma_1 z (first half of the split key), then
     samplers.annealed_langevin with ncsn_score_fn over build_sigmas (rtol 1e-5)."""
@@ -137,6 +139,7 @@ def test_build_sampler_ncsn_is_annealed_langevin_from_sigma_max_noise():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want(key)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ncsn_toy_through_main_recovers_the_mixture(tmp_path):
     """configs/ncsn_toy2d.py (gmm2d: weights 0.3/0.5/0.2), shortened to 1500 steps with a 128-wide MLP
     (the config's is 256) and 2000 samples: annealed Langevin samples match the mixture. Full config
@@ -155,6 +158,7 @@ def test_ncsn_toy_through_main_recovers_the_mixture(tmp_path):
     assert result["mode_weight_max_abs_error"] < 0.08, result
 
 
+@pytest.mark.slow
 def test_noisy_classifier_through_main_and_classifier_eval(tmp_path):
     """configs/noisy_classifier.py (gmm2d), 600 steps: on held-out points the accuracy at t = 0 is
     > 0.97 (the components barely overlap: the Bayes accuracy is ~1.0; measured 1.0 after 2000
@@ -175,6 +179,7 @@ def test_noisy_classifier_through_main_and_classifier_eval(tmp_path):
     assert isinstance(module, Classifier) and not isinstance(module, MLP)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mean_type", ["x0", "v"])
 def test_build_sampler_classifier_guidance_passes_mean_type(mean_type):
     """For an x0- or v-model the builder's guided sampler is guidance.classifier(..., mean_type=mean_type)
@@ -206,6 +211,7 @@ def test_build_sampler_classifier_guidance_passes_mean_type(mean_type):
     assert float(jnp.max(jnp.abs(got - run("eps")))) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ddpm", "ddim"])
 def test_build_sampler_respacing_honours_spacing(method):
     """sampling.num_steps < T respaces with sampling.spacing for both methods: the builder's sampler equals

@@ -27,7 +27,7 @@ def test_score_fn_from_model_equals_oracle_at_grid_points(x64, mean_type):
     """At tau_k = (k+1)/T the wrapped discrete oracle (rounded index k) gives the exact continuous score."""
     s = schedules.linear(100)
     mix = oracles.seed_mixture_1d(s)
-    sde = processes.ContinuousVP.from_schedule(s)
+    sde = processes.VP.from_schedule(s)
 
     def model_fn(x, t):
         eps = mix.eps(x, t)
@@ -59,8 +59,8 @@ def test_encode_then_decode_returns_x(x64, sde_name):
     """The flow is invertible: decode(encode(x)) == x within 1e-3 (default rtol = atol = 1e-5)."""
     mix = _mixture_2d()
     sde = (
-        processes.ContinuousVP.linear() if sde_name == "linear"
-        else processes.ContinuousVP.from_schedule(schedules.linear(1000))
+        processes.vp_linear() if sde_name == "linear"
+        else processes.VP.from_schedule(schedules.linear(1000))
     )
     score_fn = ode.oracle_score_fn(mix, sde)
     x = mix.sample(jax.random.PRNGKey(0), 16)
@@ -102,7 +102,7 @@ def test_ode_sampling_reproduces_the_mixture(x64):
     0.6 instead of 0.5), must fail the bound.
     """
     mix = oracles.seed_mixture_1d()
-    sde = processes.ContinuousVP.linear()
+    sde = processes.vp_linear()
     n = 512
     u = (np.arange(n) + 0.5) / n
     z = jnp.asarray(scipy.stats.norm.ppf(u)[:, None])
@@ -127,7 +127,7 @@ def test_ode_sampling_reproduces_the_mixture(x64):
 def test_sampling_is_deterministic_and_jittable():
     """Same key -> bitwise the same sample under jit; another key -> another; x_init replaces the drawn x_1."""
     mix = _mixture_2d()
-    sde = processes.ContinuousVP.linear()
+    sde = processes.vp_linear()
     score_fn = ode.oracle_score_fn(mix, sde)
     sample = jax.jit(lambda k: ode.ode_sample(score_fn, sde, k, (8, 2))[0])
     key = jax.random.PRNGKey(4)
@@ -141,7 +141,7 @@ def test_sampling_is_deterministic_and_jittable():
 def test_nfe_counts_vector_field_evaluations():
     """The reported nfe equals the number of score calls actually executed (counted on the host)."""
     mix = _mixture_2d()
-    sde = processes.ContinuousVP.linear()
+    sde = processes.vp_linear()
     calls = []
 
     def score_fn(x, tau):
@@ -156,7 +156,7 @@ def test_nfe_counts_vector_field_evaluations():
 def test_bad_options_raise():
     """A bad option of a solve, of its likelihood (`ode_likelihood`) or of the process (`processes`) raises."""
     mix = _mixture_2d()
-    sde = processes.ContinuousVP.linear()
+    sde = processes.vp_linear()
     score_fn = ode.oracle_score_fn(mix, sde)
     x = jnp.zeros((2, 2))
     key = jax.random.PRNGKey(0)
@@ -173,4 +173,68 @@ def test_bad_options_raise():
     with pytest.raises(ValueError, match="rtol"):
         ode.ode_decode(score_fn, sde, x, rtol=-1.0)
     with pytest.raises(ValueError, match="beta_min"):
-        processes.ContinuousVP.linear(beta_min=-0.1)
+        processes.vp_linear(beta_min=-0.1)
+
+
+# --------------------------------------------------------------------------- any process (issue 22)
+
+_PROCESSES = {
+    "vp_linear": (processes.vp_linear, None),
+    "vp_cosine": (processes.vp_cosine, None),
+    "ve": (processes.ve, None),
+    "edm": (processes.edm, None),
+    "rectified_flow": (processes.rectified_flow, 1.0 - 1e-3),  # the score form needs alpha(t_max) > 0
+}
+
+
+def _gaussian_flow(mu, sd, p, t0, t1, x):
+    """The exact probability-flow map of Gaussian data N(mu, diag sd^2) from t0 to t1: the marginal is
+    N(alpha mu, alpha^2 sd^2 + sigma^2) and the flow is the affine map between the standardised variables."""
+    a0, s0, a1, s1 = (float(f(jnp.asarray(u))) for u in (t0, t1) for f in (p.alpha, p.sigma))
+    return a1 * mu + jnp.sqrt(a1**2 * sd**2 + s1**2) / jnp.sqrt(a0**2 * sd**2 + s0**2) * (x - a0 * mu)
+
+
+@pytest.mark.parametrize("time_variable", ["rho", "tau"])
+@pytest.mark.parametrize("name", sorted(_PROCESSES))
+def test_ode_sample_on_any_process_is_the_exact_gaussian_flow(x64, name, time_variable):
+    """ode_sample with the exact score of Gaussian data reaches the closed-form solution (`_gaussian_flow`)
+    from the prior at t_max, to 1e-8 (solver at rtol = atol = 1e-10; measured <= 2.8e-10), at the default end
+    t_eps = max(1e-3, t_min) and at t_mid where alpha = sigma (log-SNR 0). Negative control: the closed form
+    at t_mid (1 + 1e-2) is > 1e-4 away. EDM: 80 -> 0.002 (Karras et al.'s sigma range); rectified flow:
+    1 - 1e-3 -> 1e-3."""
+    make, t_max = _PROCESSES[name]
+    p = make()
+    mu, sd = jnp.array([1.0, -0.5]), jnp.array([0.5, 2.0])
+    mix = oracles.GaussianMixture([1.0], mu[None], sd[None])
+    score_fn = ode.oracle_score_fn(mix, p)
+    t0 = p.t_max if t_max is None else t_max
+    x_T = p.prior_sample(jax.random.PRNGKey(0), (64, 2))
+    t_mid = float(p.t_of_log_snr(0.0))  # alpha = sigma: the end time most sensitive to a shift
+    tol = dict(rtol=1e-10, atol=1e-10, time_variable=time_variable)
+    for t_eps in (None, t_mid):
+        x, nfe = jax.jit(lambda x_T: ode.ode_sample(score_fn, p, None, (64, 2), x_init=x_T, t_eps=t_eps, t_max=t_max,
+                                                     **tol))(x_T)  # fmt: skip
+        t1 = max(1e-3, p.t_min) if t_eps is None else t_eps
+        want = _gaussian_flow(mu, sd, p, t0, t1, x_T)
+        err = float(jnp.max(jnp.abs(x - want) / (1.0 + jnp.abs(want))))
+        assert err <= 1e-8, (t1, err)
+    assert float(jnp.max(jnp.abs(x - _gaussian_flow(mu, sd, p, t0, t_mid * 1.01, x_T)))) > 1e-4
+
+
+def test_edm_drift_is_x_minus_denoiser_over_sigma(x64):
+    """For EDM (alpha = 1, sigma = t) the probability-flow ODE is dx/dsigma = (x - D(x; sigma)) / sigma
+    (Karras et al. 2022, eqs. 3-4), D the exact denoiser; to 1e-12 at sigma in [0.002, 80]."""
+    p, mix = processes.edm(), _mixture_2d()
+    x = 3.0 * jax.random.normal(jax.random.PRNGKey(0), (6, 2))
+    sigma = jnp.array([0.002, 0.1, 0.5, 2.0, 10.0, 80.0])
+    want = (x - oracles.denoiser(mix, p, x, sigma)) / sigma[:, None]
+    np.testing.assert_allclose(ode.drift(ode.oracle_score_fn(mix, p), p, x, sigma), want, rtol=1e-12, atol=1e-12)
+
+
+def test_score_form_ode_refuses_alpha_zero():
+    """Rectified flow at t = 1 (alpha = 0) has no score-form ODE: a clear error naming the fix, not NaNs."""
+    p, mix = processes.rectified_flow(), _mixture_2d()
+    with pytest.raises(ValueError, match=r"alpha\(t_max\) = 0.0.*t_max=1 - 1e-3"):
+        ode.ode_sample(ode.oracle_score_fn(mix, p), p, jax.random.PRNGKey(0), (2, 2))
+    with pytest.raises(ValueError, match="t_eps must be a float in"):
+        ode.ode_sample(ode.oracle_score_fn(mix, p), p, jax.random.PRNGKey(0), (2, 2), t_max=0.9, t_eps=0.95)

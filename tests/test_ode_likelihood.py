@@ -45,8 +45,8 @@ def test_exact_trace_log_likelihood_matches_analytic_density(x64, data, sde_name
     """
     mix = _gaussian_3d() if data == "gaussian_3d" else _mixture_2d()
     sde = (
-        processes.ContinuousVP.linear() if sde_name == "linear"
-        else processes.ContinuousVP.from_schedule(schedules.linear(1000))
+        processes.vp_linear() if sde_name == "linear"
+        else processes.VP.from_schedule(schedules.linear(1000))
     )
     x = mix.sample(jax.random.PRNGKey(0), 6)
     t_eps = 1e-5
@@ -76,7 +76,7 @@ def test_hutchinson_is_unbiased(x64, dist):
     < 1e-3 over the 2 x 4 points). Solver error (~1e-5) is far below the bound.
     """
     mix = _mixture_2d()
-    sde = processes.ContinuousVP.linear()
+    sde = processes.vp_linear()
     score_fn = ode.oracle_score_fn(mix, sde)
     x = mix.sample(jax.random.PRNGKey(2), 4)
 
@@ -117,3 +117,41 @@ def test_dequantize_lands_in_the_right_bin():
     np.testing.assert_array_equal(np.floor((np.asarray(y, np.float64) + 1.0) * 128.0), np.asarray(x, np.float64))
     bound = 5 * (2 / 256) / math.sqrt(12 * 4000)
     np.testing.assert_allclose(jnp.mean(y, axis=0), (2 * jnp.arange(256) + 1) / 256 - 1, atol=bound)
+
+
+@pytest.mark.parametrize("name,t_max", [("vp_linear", None), ("vp_cosine", None), ("ve", None), ("edm", None),
+                                        ("rectified_flow", 1.0 - 1e-3)])  # fmt: skip
+def test_log_likelihood_on_any_process_matches_the_marginal_density(x64, name, t_max):
+    """ode_log_likelihood (exact trace, exact score, exact prior at t_max) on every process equals the analytic
+    log p_t(x) of the noised mixture (`oracles.marginal_log_prob`) at t = t_eps, the time where alpha = sigma,
+    to 1e-6 nats (solver at rtol = atol = 1e-9). Negative control: the density at t_eps (1 + 1e-2) is > 1e-3 off."""
+    p = getattr(processes, name)()
+    mix = _mixture_2d()
+    t0 = p.t_max if t_max is None else t_max
+    t_eps = float(p.t_of_log_snr(0.0))
+    x = mix.sample(jax.random.PRNGKey(0), 6) * float(p.alpha(t_eps)) + float(p.sigma(t_eps)) * 0.3
+    out = jax.jit(
+        lambda x: ode_likelihood.ode_log_likelihood(
+            ode.oracle_score_fn(mix, p), p, jax.random.PRNGKey(1), x, trace="exact", t_eps=t_eps, t_max=t_max,
+            rtol=1e-9, atol=1e-9, prior_logp_fn=lambda z: oracles.marginal_log_prob(mix, p, z, t0),
+        )
+    )(x)
+    np.testing.assert_allclose(out["log_prob"], oracles.marginal_log_prob(mix, p, x, t_eps), atol=1e-6)
+    assert float(jnp.min(jnp.abs(out["log_prob"] - oracles.marginal_log_prob(mix, p, x, t_eps * 1.01)))) > 1e-3
+
+
+def test_default_prior_is_the_process_prior(x64):
+    """Without prior_logp_fn the prior is the process's N(0, prior_std^2 I) (`Process.prior_logp`; the VP's
+    N(0, I) is `standard_normal_logp` bitwise, score_sde's convention). For EDM the reported prior_logp is
+    log N(x(80); 0, 80^2 I) of the encoded point (`ode_encode`, same default end t = sigma_min), to 1e-6
+    relative (two solves at rtol = atol = 1e-10); N(0, I) there is far off (negative control)."""
+    z = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+    np.testing.assert_array_equal(processes.vp_linear().prior_logp(z), ode_likelihood.standard_normal_logp(z))
+    p, mix = processes.edm(), _mixture_2d()
+    score_fn = ode.oracle_score_fn(mix, p)
+    x = mix.sample(jax.random.PRNGKey(0), 3)
+    out = ode_likelihood.ode_log_likelihood(score_fn, p, None, x, trace="exact", rtol=1e-10, atol=1e-10)
+    x1 = ode.ode_encode(score_fn, p, x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out["prior_logp"], p.prior_logp(x1), rtol=1e-6)
+    unit_prior = ode_likelihood.standard_normal_logp(x1)
+    assert not np.allclose(np.asarray(out["prior_logp"]), np.asarray(unit_prior), rtol=1e-2)

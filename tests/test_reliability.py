@@ -677,6 +677,7 @@ _OTHER_HOST = {"host": "other-host.example", "pid": 4242, "pid_start": "77", "st
                "command": "python -m diffax.main --mode=train"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_train_takes_over_the_stale_lock_of_another_host(tmp_path):
     """Preempted on host A, restarted on host B: A's lock, not refreshed for an hour (> the 600 s default of
     training.lock_stale_after_s), is taken over with a warning naming A's holder, and training completes."""
@@ -693,6 +694,7 @@ def test_cli_train_takes_over_the_stale_lock_of_another_host(tmp_path):
     assert not (wd / ".lock").exists()  # released at the end
 
 
+@pytest.mark.slow
 def test_cli_trainer_whose_lock_was_taken_over_stops_before_its_next_save(tmp_path):
     """A trainer that was judged stale (its heartbeat stalled past training.lock_stale_after_s) and whose lock
     another host's trainer took over must not write the workdir again: once a finished checkpoint exists we put
@@ -759,6 +761,7 @@ def test_cli_train_refuses_a_fresh_lock_of_another_host_until_it_is_stale(tmp_pa
     assert "30" in os.listdir(_ckpt_dir(wd)) and not (wd / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_cli_resume_after_a_torn_metrics_row(tmp_path):
     """A process killed while appending a metrics row leaves a torn last line (rows are appended, not written
     atomically). Resuming must not fail on it: the row is dropped with a warning naming the file and line, and
@@ -838,6 +841,7 @@ def _library_samples(wd: Path, var_type: str, seed: int) -> np.ndarray:
     return np.stack([np.asarray(one(jax.random.fold_in(key, i))) for i in range(16)])
 
 
+@pytest.mark.slow
 def test_sample_and_eval_may_change_a_fixed_variance(tmp_path):
     """sampling.*, the seed and a fixed variance (fixed_small -> fixed_large) are sampling choices: allowed, and
     the ones asked for are used: `--mode=sample` with fixed_large (sigma_t^2 = beta_t) equals `samplers.ddpm`

@@ -85,6 +85,7 @@ def _resume(workdir: Path, num_devices: int, **settings) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_give_the_same_samples(trained, tmp_path):
     """Also the resume across device counts in one workdir: the 8-device run's middle part (samples 8..15)
     deleted, the run resumed on 1 device in chunks of 5 draws exactly 8..15 (keeping the other parts
@@ -177,6 +178,7 @@ def test_sampling_resumed_in_two_processes_reuses_the_parts_of_one(trained, tmp_
     assert [list(np.load(p)["indices"]) for p in _parts(wd) if p.name not in kept] == [list(range(10, 20))]
 
 
+@pytest.mark.slow
 def test_damaged_parts_are_drawn_again_with_a_warning(trained, tmp_path):
     """A part with a flipped byte in its samples, a truncated part and an empty part: the restarted
     `--mode=sample` warns naming each file, draws their samples again (the same chunk size and device
@@ -240,6 +242,7 @@ def test_a_non_finite_chunk_raises_before_its_part_is_written(tmp_path):
     assert [list(np.load(p)["indices"]) for p in sorted(tmp_path.glob("part-*.npz"))] == [[0, 1, 2], [3, 4, 5]]
 
 
+@pytest.mark.slow
 def test_killed_sampling_run_resumes_from_its_finished_chunks(trained, tmp_path):
     """kill -9 of `--mode=sample` (chunks of 1 sample x 1000 ancestral steps: 60 parts) once >= 2 parts exist;
     the restart keeps those parts (byte-identical files) and the final samples.npz equals an uninterrupted
@@ -265,6 +268,7 @@ def test_killed_sampling_run_resumes_from_its_finished_chunks(trained, tmp_path)
     np.testing.assert_array_equal(np.load(killed / "samples.npz")["samples"], np.load(straight / "samples.npz")["samples"])
 
 
+@pytest.mark.slow
 def test_parts_of_other_settings_or_damaged_parts_are_drawn_again(trained, tmp_path):
     """A part written under other sampler settings (another num_steps) or a torn part file is not reused."""
     wd = _copy(trained, tmp_path / "wd")

@@ -295,6 +295,7 @@ def test_ddim_accepts_learned_variance_output():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_annealed_langevin_denoise_is_tweedie_step():
     mix = oracles.anisotropic_mixture_2d()
     sigmas = schedules.geometric_sigmas(3.0, 0.05, 4)
@@ -348,6 +349,7 @@ SMALL_SAMPLERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMALL_SAMPLERS))
 def test_keys_trajectory_and_x_init(name):
     # One jitted function, three compiles: (drawn x_T), (drawn x_T, trajectory), (x_init).

@@ -75,6 +75,7 @@ def test_lr_schedule_linear_warmup_and_cosine():
         assert float(cos(n)) == pytest.approx(0.5 * (1 + math.cos(math.pi * (n - 10) / 100)), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_optimizer_is_clip_then_adam_with_warmup(x64):
     """make_optimizer == a hand-written numpy reference (global-norm clip, then Adam with lr(n))."""
     lr, warmup, clip, b1, b2, eps = 0.1, 2, 1.0, 0.9, 0.999, 1e-8
@@ -200,6 +201,7 @@ def _copy(state, mesh):
     return replicate(jax.tree.map(np.array, state), mesh)
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_1d_mixture(toy):
     """200 Adam steps (batch 64) on 0.5 N(-2, .5^2) + 0.5 N(2, .5^2) cut the L_simple loss by > 40%.
 
@@ -256,6 +258,7 @@ def test_label_dropout_rate():
     assert abs(float(jnp.mean(dropped == 10)) - 0.25) < 5 * math.sqrt(0.25 * 0.75 / 20000)
 
 
+@pytest.mark.slow
 def test_cfg_training_with_p_uncond_one_equals_null_labels():
     """p_uncond = 1 trains on the null class only: the loss equals the loss with every label set to
     the null class K (same key, bitwise); with p_uncond = 0 the labels matter (negative control)."""
@@ -334,6 +337,7 @@ def _is_setup(num_t=20, batch=16):
     return model, x, params, schedule, loss_fn, hist
 
 
+@pytest.mark.slow
 def test_importance_weights_algebraic_identity_through_the_loss(x64):
     """An algebraic identity, checked through the real loss: for t ~ p with weights 1/(T p_t),
     sum_t p_t w_t loss(t) = mean_t loss(t) holds by construction; what it tests is that diffusion_loss_fn
@@ -360,6 +364,7 @@ def test_importance_weights_algebraic_identity_through_the_loss(x64):
     assert abs(np.sum(p * plain) / np.mean(plain) - 1) > 1e-3
 
 
+@pytest.mark.slow
 def test_importance_sampling_train_step_equals_manual_path():
     """make_train_step(importance_sampling=True) equals the manual path: key -> (loss key, t key),
     (t, w) = sample_timesteps(t key, history, B), loss_fn on the batch with t / t_weights, Adam, and

@@ -166,7 +166,11 @@ def _sample_size(cfg: dict, file: str = CONFIG_NAME) -> int:
 
 
 def unet_fields(cfg: dict) -> dict[str, Any]:
-    """The `UNet` fields equivalent to a validated UNet2DModel config (`read_unet_config`)."""
+    """The `UNet` fields equivalent to a validated UNet2DModel config (`read_unet_config`).
+
+    skip_rescale is False: UNet2DModel builds DownBlock2D / AttnDownBlock2D / UpBlock2D / AttnUpBlock2D with
+    resnet ``output_scale_factor`` 1 and rescales only the mid block (``mid_block_scale_factor``, required 1).
+    """
     chans, down = list(cfg["block_out_channels"]), list(cfg["down_block_types"])
     size = _sample_size(cfg)
     attn = tuple(sorted({size // 2**i for i, b in enumerate(down) if _DOWN_TYPES[b]}, reverse=True))
@@ -176,7 +180,8 @@ def unet_fields(cfg: dict) -> dict[str, Any]:
                 num_head_channels=-1 if head_dim is None else head_dim, num_groups=cfg["norm_num_groups"],
                 norm_eps=float(cfg["norm_eps"]), flip_sin_to_cos=bool(cfg["flip_sin_to_cos"]),
                 freq_shift=float(cfg["freq_shift"]), resamp_with_conv=True, resblock_updown=False,
-                use_scale_shift_norm=False, learn_sigma=False, num_classes=None)  # fmt: skip
+                use_scale_shift_norm=False, learn_sigma=False, num_classes=None,
+                skip_rescale=False)  # fmt: skip
 
 
 def unet_from_config(cfg: dict, *, dropout: float | None = None, dtype=jnp.float32) -> UNet:
@@ -293,7 +298,7 @@ def config_overrides(path: str | os.PathLike) -> dict[str, Any]:
     f = unet_fields(read_unet_config(path))
     out: dict[str, Any] = {"model.name": "unet"}
     for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "num_heads", "num_head_channels", "num_groups",
-              "resblock_updown", "use_scale_shift_norm", "num_classes"):  # fmt: skip
+              "resblock_updown", "use_scale_shift_norm", "num_classes", "skip_rescale"):  # fmt: skip
         out[f"model.{k}"] = f[k]
     s = read_scheduler_config(path)
     if s is not None:

@@ -183,6 +183,13 @@ class Upsample(nn.Module):
         return x
 
 
+def _residual(x: Array, h: Array, skip_rescale: bool) -> Array:
+    """x + h, or (x + h) / sqrt(2) with ``skip_rescale`` (score_sde: ``(x + h) / np.sqrt(2.)``, a division,
+    not a multiplication by 1/sqrt(2): the same rounding as the reference)."""
+    out = x + h
+    return out / math.sqrt(2.0) if skip_rescale else out
+
+
 class ResBlock(nn.Module):
     """Residual block with time conditioning (DDPM ``resnet_block``; guided diffusion ``ResBlock``).
 
@@ -192,6 +199,9 @@ class ResBlock(nn.Module):
     (a 3x3 conv with conv_shortcut). With up/down (BigGAN-style, guided diffusion ``resblock_updown``)
     both h (after the first GN+SiLU) and x are resampled without a conv. ``temb=None`` drops the
     conditioning (an unconditional block). ``norm_eps``: the GroupNorms' epsilon.
+    ``skip_rescale``: out = (skip(x) + h) / sqrt(2) (score_sde's ``skip_rescale``, `models/layerspp.py`
+    ResnetBlockDDPMpp / ResnetBlockBigGANpp: ``(x + h) / np.sqrt(2.)``; EDM's ``skip_scale`` = sqrt(0.5)):
+    the sum of two roughly independent unit-variance terms keeps unit variance. Adds no parameters.
     """
 
     out_ch: int | None = None
@@ -202,6 +212,7 @@ class ResBlock(nn.Module):
     down: bool = False
     num_groups: int = 32
     norm_eps: float = 1e-6
+    skip_rescale: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -233,7 +244,7 @@ class ResBlock(nn.Module):
         if in_ch != out_ch:
             k = 3 if self.conv_shortcut else 1
             x = conv(out_ch, k, dtype=self.dtype, name="conv_shortcut" if self.conv_shortcut else "nin_shortcut")(x)
-        return x + h
+        return _residual(x, h, self.skip_rescale)
 
 
 class AttnBlock(nn.Module):
@@ -242,12 +253,14 @@ class AttnBlock(nn.Module):
     q, k, v = 1x1 projections of GN(x);  per head, w = softmax(q k^T / sqrt(d_head)) over the H*W keys;
     out = x + proj_out(w v), proj_out zero-initialized. num_heads = C // num_head_channels when
     num_head_channels != -1. The softmax is computed in float32. ``norm_eps``: the GroupNorm's epsilon.
+    ``skip_rescale``: out = (x + proj_out(w v)) / sqrt(2) (score_sde's AttnBlockpp with ``skip_rescale``).
     """
 
     num_heads: int = 1
     num_head_channels: int = -1
     num_groups: int = 32
     norm_eps: float = 1e-6
+    skip_rescale: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -269,4 +282,4 @@ class AttnBlock(nn.Module):
         w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, hh, ww, c)
         h = dense(c, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
-        return x + h
+        return _residual(x, h, self.skip_rescale)

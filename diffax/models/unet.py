@@ -45,6 +45,14 @@ class UNet(nn.Module):
     ``norm_eps`` (every GroupNorm's epsilon), ``flip_sin_to_cos`` and ``freq_shift`` (the timestep
     embedding, `layers.timestep_embedding`) default to DDPM's values; diffusers' UNet2DModel configs set
     them (`diffax.interop.load_diffusers_unet`).
+    ``skip_rescale`` (off by default; DDPM has none): every residual sum divided by sqrt(2), as score_sde's
+    NCSN++/DDPM++ ``skip_rescale`` (Song et al. 2021, `models/layerspp.py`, `models/ncsnpp.py`) and EDM's
+    ``skip_scale`` = sqrt(0.5) (Karras et al. 2022, `training/networks.py`). Where the reference rescales,
+    this U-Net does too: each ResBlock, (skip(x) + h) / sqrt(2) (also the up/down ResBlocks of
+    ``resblock_updown``, as ResnetBlockBigGANpp), and each AttnBlock, (x + h) / sqrt(2) (AttnBlockpp). The
+    skip *concatenation* of the up path is not scaled (NCSN++ concatenates ``torch.cat([h, hs.pop()])``
+    unscaled); NCSN++'s other rescaled sums, the ``progressive='residual'`` / ``progressive_input='residual'``
+    image pyramids, do not exist here. No parameters are added: the parameter tree is the same either way.
     """
 
     ch: int = 128
@@ -64,6 +72,7 @@ class UNet(nn.Module):
     norm_eps: float = 1e-6
     flip_sin_to_cos: bool = False
     freq_shift: float = 1.0
+    skip_rescale: bool = False
     dtype: jnp.dtype = jnp.float32
 
     def _check(self, x: Array) -> None:
@@ -80,11 +89,13 @@ class UNet(nn.Module):
 
     def _res(self, out_ch: int | None, name: str, **kw) -> ResBlock:
         return ResBlock(out_ch=out_ch, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
-                        num_groups=self.num_groups, norm_eps=self.norm_eps, dtype=self.dtype, name=name, **kw)
+                        num_groups=self.num_groups, norm_eps=self.norm_eps, skip_rescale=self.skip_rescale,
+                        dtype=self.dtype, name=name, **kw)
 
     def _attn(self, name: str) -> AttnBlock:
         return AttnBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
-                         num_groups=self.num_groups, norm_eps=self.norm_eps, dtype=self.dtype, name=name)
+                         num_groups=self.num_groups, norm_eps=self.norm_eps, skip_rescale=self.skip_rescale,
+                         dtype=self.dtype, name=name)
 
     @nn.compact
     def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False) -> Array:

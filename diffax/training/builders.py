@@ -25,8 +25,9 @@ from diffax._util import check_choice, check_int
 from diffax.schedules import Schedule
 from diffax.training import step
 from diffax.training.model_builders import build_model, build_schedule, init_from
-from diffax.training.sampler_builders import labeled_sampler
+from diffax.training.sampler_builders import CONTINUOUS_METHODS, CONTINUOUS_SAMPLING_KEYS, check_method, labeled_sampler
 from diffax.training.train_builders import (
+    CONTINUOUS_OBJECTIVES,
     build_data,
     build_loss_fn,
     build_lr_schedule,
@@ -65,7 +66,8 @@ class SampleSettings:
     classifier_workdir: str | None
     classifier_scale: float
     # What sample i depends on besides the checkpoint step and N, as JSON-able values: (seed, model.*,
-    # diffusion.*, ncsn.*, sampling.* but batch_size, data.name); not the chunk size, device or process
+    # diffusion.*, ncsn.*, sampling.* but batch_size, data.name; for 'edm' / 'flow_matching' runs or the
+    # 'edm' / 'euler' / 'heun' samplers also the objective, edm.*, flow.*); not the chunk size, device or process
     # count, so a resumed run on another topology reuses the finished parts (`evaluate.generate`).
     fingerprint_parts: tuple
 
@@ -157,6 +159,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     check_choice("data.name", d.name, data_lib.ALL_DATASETS)
     shape = tuple(int(v) for v in data_lib.data_shape(d.name, path=d.path))
     obj = objective(config)
+    check_method(config)
     model = build_model(config, shape)
     schedule = build_schedule(config)
     t, s, e = config.training, config.sampling, config.eval
@@ -175,9 +178,17 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                          f"{num_samples}: set --config.sampling.num_samples={e.num_samples}, or lower eval.num_samples "
                          "(the papers use 50,000; FID depends on N)")  # fmt: skip
 
+    if obj in CONTINUOUS_OBJECTIVES and check_int("eval.bpd_num_examples", e.bpd_num_examples, 0) > 0:
+        raise ValueError(f"eval.bpd_num_examples={e.bpd_num_examples}: bits/dim is the discrete-time VLB of a "
+                         f"'diffusion' run; a training.objective={obj!r} run has none: set eval.bpd_num_examples=0")
+
     c = config.to_dict()  # a fresh copy: nothing below shares it with `Experiment.config`
+    discrete = obj not in CONTINUOUS_OBJECTIVES and s.method not in CONTINUOUS_METHODS
+    # A discrete run's fingerprint leaves out the continuous-time keys (its samples do not depend on them).
     fingerprint_parts = (c["seed"], c["model"], c["diffusion"], c["ncsn"],
-                         {k: v for k, v in c["sampling"].items() if k != "batch_size"}, c["data"]["name"])
+                         {k: v for k, v in c["sampling"].items()
+                          if k != "batch_size" and not (discrete and k in CONTINUOUS_SAMPLING_KEYS)},
+                         c["data"]["name"]) + (() if discrete else (obj, c["edm"], c["flow"]))  # fmt: skip
 
     def sampler(classifier=None):
         return labeled_sampler(config, model, schedule, shape, classifier)

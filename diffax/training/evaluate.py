@@ -35,10 +35,11 @@ from diffax.evaluation.images import to_uint8
 from diffax.training import builders, plots, sample_parts
 from diffax.training.restore import Run, checked_latest_step, restore_ema, restore_params, stream_key
 from diffax.training.sampler_builders import per_example_sampler
-from diffax.training.evaluate_images import classifier_eval, image_eval_metrics, image_metrics, sample_labels
+from diffax.training.evaluate_images import (check_eval_files, classifier_eval, image_eval_metrics, image_metrics,
+                                             sample_labels)
 from diffax.training.train import all_finite, is_main_process
 
-__all__ = ["generate", "sample", "evaluate", "classifier_eval", "image_metrics", "sample_labels"]
+__all__ = ["generate", "sample", "evaluate", "check_eval_files", "classifier_eval", "image_metrics", "sample_labels"]
 
 PARTS_DIR = "samples"  # finished chunks of a sampling run: samples/part-<fingerprint>-<first>-<last>.npz
 NPY_MAX_IMAGES = 10_000  # samples.npy (float) is also written for toys and up to this many images
@@ -46,8 +47,9 @@ NPY_MAX_IMAGES = 10_000  # samples.npy (float) is also written for toys and up t
 HELDOUT_SEED_OFFSET, BASELINE_SEED_OFFSET = 1_000_003, 2_000_003
 
 
-def guidance_classifier(exp: builders.Experiment) -> tuple[Any, Any] | None:
-    """(module, ema_params) of sampling.classifier_workdir when sampling.classifier_scale != 0, else None."""
+def guidance_classifier(exp: builders.Experiment) -> tuple[Any, Any, int] | None:
+    """(module, ema_params, checkpoint step) of sampling.classifier_workdir when sampling.classifier_scale != 0,
+    else None."""
     s = exp.sampling
     if not s.classifier_scale:
         return None
@@ -58,7 +60,7 @@ def guidance_classifier(exp: builders.Experiment) -> tuple[Any, Any] | None:
     if run.experiment.objective != "noisy_classifier":
         raise ValueError(f"{s.classifier_workdir} holds a {run.experiment.objective!r} run, not a "
                          "'noisy_classifier' one")  # fmt: skip
-    return run.experiment.model, run.params
+    return run.experiment.model, run.params, run.step
 
 
 def generate(exp_or_config, workdir: str, *, run: Run | None = None) -> tuple[np.ndarray, int]:
@@ -72,11 +74,14 @@ def generate(exp_or_config, workdir: str, *, run: Run | None = None) -> tuple[np
     run = restore_params(exp, workdir) if run is None else run
     if not bool(all_finite(run.params)):
         raise FloatingPointError(f"the EMA parameters of checkpoint {run.step} in {workdir} are not finite")
-    sample_labeled, num_labels = exp.sampler(guidance_classifier(exp))
+    classifier = guidance_classifier(exp)
+    sample_labeled, num_labels = exp.sampler(None if classifier is None else classifier[:2])
     n, chunk = exp.sampling.num_samples, exp.sampling.batch_size
-    # What sample i depends on: not the chunk size (sampling.batch_size) nor the device or process count,
-    # so a resumed run on another topology reuses the parts (`sample_parts.draw_samples`).
-    fp = sample_parts.fingerprint(*exp.sampling.fingerprint_parts, run.step, n)
+    # What sample i depends on (with a guiding classifier: its checkpoint step too), not the chunk size
+    # (sampling.batch_size) nor the device or process count, so a resumed run on another topology reuses the
+    # parts (`sample_parts.draw_samples`) and a retrained classifier does not.
+    classifier_step = () if classifier is None else (("classifier_step", classifier[2]),)
+    fp = sample_parts.fingerprint(*exp.sampling.fingerprint_parts, run.step, n, *classifier_step)
     try:
         x = sample_parts.draw_samples(per_example_sampler(sample_labeled, num_labels), run.params,
                                       stream_key(exp.seed, "sample"), n, chunk,
@@ -124,18 +129,22 @@ def sample(exp_or_config, workdir: str) -> np.ndarray:
     return x
 
 
-def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None,
+             inception_variables: dict | None = None) -> dict[str, Any]:
     """Writes ``workdir/eval.json`` and returns it.
 
     Toy data: `toys.toy_metrics` between the samples (``samples``, or fresh ones from the latest
     checkpoint) and ``eval.num_reference`` held-out points (default: as many as the samples),
     beside the data-vs-held-out baseline; for labelled samples (i mod K) of a mixture, label_accuracy.
     Images: `image_metrics` and `image_eval_metrics` (bits/dim, classifier FID, Inception FID / IS / KID).
-    A noisy classifier: `classifier_eval`.
+    A noisy classifier: `classifier_eval`. The files eval.* names (classifier, Inception weights) are read
+    first, before any sample is drawn (`check_eval_files`; ``inception_variables``: already loaded by it).
     """
     exp = builders.as_experiment(exp_or_config)
     if exp.objective == "noisy_classifier":
         return _write_eval(workdir, classifier_eval(exp, workdir, HELDOUT_SEED_OFFSET))
+    if not exp.data.is_toy and inception_variables is None:
+        inception_variables = check_eval_files(exp)
     # Image models restore the EMA parameters once, for the samples and the bits/dim alike: both then come
     # from the same checkpoint even if a trainer writes a newer one meanwhile.
     run = None
@@ -154,7 +163,7 @@ def evaluate(exp_or_config, workdir: str, *, samples: np.ndarray | None = None) 
                                   labels=None if labels is None else labels[: len(samples)])  # fmt: skip
     else:
         result = image_metrics(samples)
-        result.update(image_eval_metrics(exp, workdir, samples, run=run))
+        result.update(image_eval_metrics(exp, workdir, samples, run=run, inception_variables=inception_variables))
     return _write_eval(workdir, {"data": exp.data.name, "checkpoint_step": step, **result})
 
 

@@ -28,12 +28,13 @@ from diffax import diffusion as diffusion_lib
 from diffax.evaluation import images as image_eval
 from diffax.evaluation import inception_metrics
 from diffax.evaluation.bits_per_dim import sharded_bits_per_dim
+from diffax.models.inception import InceptionV3
 from diffax.training import builders, sample_parts
 from diffax.training.restore import Run, read_run_config, restore_params, stream_key
 from diffax.training.train import is_main_process
 
-__all__ = ["image_metrics", "test_split", "train_split", "image_eval_metrics", "inception_eval", "fid_reference",
-           "fid_reference_path", "sample_labels", "classifier_eval", "FID_REFERENCE_DIR"]  # fmt: skip
+__all__ = ["image_metrics", "test_split", "train_split", "image_eval_metrics", "check_eval_files", "inception_eval",
+           "fid_reference", "fid_reference_path", "sample_labels", "classifier_eval", "FID_REFERENCE_DIR"]  # fmt: skip
 
 FID_REFERENCE_DIR = "fid_reference"  # workdir/fid_reference/<data.name>-<key>.npz: cached Inception statistics
 
@@ -72,14 +73,15 @@ def image_metrics(samples: np.ndarray) -> dict[str, Any]:
 
 
 def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarray, *,
-                       run: Run | None = None) -> dict[str, Any]:
+                       run: Run | None = None, inception_variables: dict | None = None) -> dict[str, Any]:
     """Test-split bits/dim (eval.bpd_num_examples > 0), classifier FID (eval.classifier_path set) and
     Inception FID / IS / KID (eval.inception_weights set, `inception_eval`) of an image model.
 
     Bits/dim: `sharded_bits_per_dim` on the first eval.bpd_num_examples test images over every device,
     image i's noise from fold_in(eval key, i). A class-conditional model trained with label dropout
     (p_uncond > 0) is scored unconditionally (null class), one without it on the true labels.
-    ``run``: the restored parameters to score (default: the newest intact checkpoint's EMA parameters).
+    ``run``: the restored parameters to score (default: the newest intact checkpoint's EMA parameters);
+    ``inception_variables``: the weights of eval.inception_weights already loaded (`check_eval_files`).
     """
     e, out = exp.eval, {}
     if e.bpd_num_examples or e.classifier_path:
@@ -107,8 +109,23 @@ def image_eval_metrics(exp: builders.Experiment, workdir: str, samples: np.ndarr
         labels_s = None if labels_s is None else labels_s[: len(samples)]
         out.update(image_eval.classifier_metrics(samples, e.classifier_path, images[:n_ref], sample_labels=labels_s))
     if e.inception_weights:
-        out.update(inception_eval(exp, workdir, samples))
+        out.update(inception_eval(exp, workdir, samples, variables=inception_variables))
     return out
+
+
+def check_eval_files(exp: builders.Experiment) -> dict | None:
+    """Reads the files eval.* names before any sample is drawn, so that a missing or damaged one stops
+    `evaluate` at once (one line naming the setting and the file) instead of after the sampling: the
+    classifier of eval.classifier_path must exist, and the Inception weights of eval.inception_weights are
+    loaded and returned (their variables, for `inception_eval`); None without eval.inception_weights."""
+    e = exp.eval
+    if e.classifier_path and not os.path.isfile(e.classifier_path):
+        raise FileNotFoundError(f"eval.classifier_path={e.classifier_path}: no such file "
+                                f"({os.path.abspath(e.classifier_path)}); expected a classifier saved by "
+                                "experiments/train_classifier.py")  # fmt: skip
+    if not e.inception_weights:
+        return None
+    return inception_metrics.load_inception(e.inception_weights)[1]
 
 
 def fid_reference_path(workdir: str, data_name: str, images: np.ndarray, weights_sha256: str) -> str:
@@ -154,13 +171,14 @@ def fid_reference(exp: builders.Experiment, workdir: str, model: Any, variables:
 
 
 def inception_eval(exp: builders.Experiment, workdir: str, samples: np.ndarray, *, model: Any | None = None,
-                   mesh: Any | None = None) -> dict[str, Any]:  # fmt: skip
+                   mesh: Any | None = None, variables: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """FID, Inception Score and KID of the first eval.num_samples samples with the FID Inception-v3 at
     eval.inception_weights (`diffax.evaluation.inception_metrics.sample_metrics`), against `fid_reference`.
 
     The samples (floats in [-1, 1]) are quantised to uint8 first (`image_eval.to_uint8`, as the PNGs
     pytorch-fid reads). ``model`` (default ``InceptionV3()``: 299x299, as the papers) and ``mesh`` (default
-    all devices) are for tests. Raises ValueError if fewer than eval.num_samples samples are given.
+    all devices) are for tests; ``variables``: the weights already loaded (default: read eval.inception_weights).
+    Raises ValueError if fewer than eval.num_samples samples are given.
     Returns the metrics with fid_num_samples, the weights' path and SHA-256, the reference used and the time.
     """
     e = exp.eval
@@ -170,7 +188,9 @@ def inception_eval(exp: builders.Experiment, workdir: str, samples: np.ndarray, 
                          "least as many, or lower eval.num_samples (the papers use 50,000; FID depends on N)"
                          )  # fmt: skip
     t0 = time.perf_counter()
-    model, variables = inception_metrics.load_inception(e.inception_weights, model=model)
+    if variables is None:
+        model, variables = inception_metrics.load_inception(e.inception_weights, model=model)
+    model = model or InceptionV3()
     weights_sha256 = inception_metrics.file_sha256(e.inception_weights)
     mesh = device_mesh.make_mesh() if mesh is None else mesh
     reference, info = fid_reference(exp, workdir, model, variables, weights_sha256, mesh)

@@ -67,6 +67,8 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
 
     `data_shape` is one example's shape ((D,) for toys, (H, W, C) for images); the MLP needs 1-D
     data, the UNet 3-D. learn_sigma = diffusion.var_type in ('learned', 'learned_range').
+    training.objective 'edm': the network wrapped in `diffax.models.Preconditioned` (edm.kind, sigma_data),
+    called with sigma instead of t.
     With model.init_from (a diffusers UNet2DModel directory), the UNet of its config.json
     (`diffax.interop`), after `check_init_from`; model.dropout and model.dtype are the config's.
     """
@@ -84,7 +86,7 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
     if name == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"model.name='mlp' needs vector data (D,), got example shape {data_shape}; use 'unet'")
-        return models.MLP(learn_sigma=learn_sigma(config), **fields)
+        return _preconditioned(config, models.MLP(learn_sigma=learn_sigma(config), **fields))
     if len(data_shape) != 3:
         raise ValueError(f"model.name='unet' needs image data (H, W, C), got example shape {data_shape}; use 'mlp'")
     if init_from(config):
@@ -93,7 +95,24 @@ def build_model(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]):
         check_init_from(config, data_shape)
         return hf.unet_from_config(hf.read_unet_config(init_from(config)), dropout=float(config.model.dropout),
                                    dtype=fields.get("dtype", jnp.float32))  # fmt: skip
-    return models.UNet(learn_sigma=learn_sigma(config), **fields)
+    return _preconditioned(config, models.UNet(learn_sigma=learn_sigma(config), **fields))
+
+
+EDM_KINDS = ("edm", "vp", "ve")
+
+
+def _preconditioned(config: ml_collections.ConfigDict, net):
+    """``net`` as EDM's D(x; sigma) (`diffax.models.Preconditioned`, edm.kind, edm.sigma_data) for
+    training.objective 'edm'; ``net`` itself otherwise."""
+    if config.training.objective != "edm":
+        return net
+    from diffax.models.preconditioned import Preconditioned
+
+    e = config.edm
+    sigma_data = e.sigma_data
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not 0 < sigma_data < np.inf:
+        raise ValueError(f"edm.sigma_data must be a finite number > 0, got {sigma_data!r}")
+    return Preconditioned(net, kind=check_choice("edm.kind", e.kind, EDM_KINDS), sigma_data=float(sigma_data))
 
 
 def init_from(config: ml_collections.ConfigDict) -> str | None:
@@ -144,11 +163,15 @@ def check_init_from(config: ml_collections.ConfigDict, data_shape: tuple[int, ..
 
 
 def init_params(model, key: jax.Array, data_shape: tuple[int, ...]):
-    """``model.init`` on a zero batch of 2 examples (t = 0), returning the 'params' collection.
+    """``model.init`` on a zero batch of 2 examples (t = 0; sigma = 1 for a `Preconditioned` network, whose
+    c_noise is log sigma / 4), returning the 'params' collection. The values do not change the parameters
+    (the initialisers see shapes only).
 
     Not jitted (the caller jits, e.g. together with the optimizer state, or `jax.eval_shape`s it).
     """
     k_params, k_dropout = jax.random.split(key)
     x = jnp.zeros((2,) + tuple(data_shape), jnp.float32)
-    t = jnp.zeros((2,), jnp.int32)
+    from diffax.models.preconditioned import Preconditioned
+
+    t = jnp.ones((2,), jnp.float32) if isinstance(model, Preconditioned) else jnp.zeros((2,), jnp.int32)
     return model.init({"params": k_params, "dropout": k_dropout}, x, t, train=False)["params"]

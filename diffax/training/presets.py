@@ -32,7 +32,8 @@ def unet_model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
              resblock_updown=False, use_scale_shift_norm=False, num_heads=1, num_head_channels=-1,
-             num_groups=32, num_classes=config_dict.placeholder(int), dtype="float32", init_from="")  # fmt: skip
+             num_groups=32, num_classes=config_dict.placeholder(int), skip_rescale=False, dtype="float32",
+             init_from="")  # fmt: skip
     )
 
 
@@ -74,9 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
     training.objective         'diffusion' (DDPM family; diffusion.*), 'ncsn' (denoising score matching over
                                ncsn.num_levels geometric sigmas in [ncsn.sigma_min, ncsn.sigma_max], Song &
                                Ermon 2019) or 'noisy_classifier' (cross-entropy of f(y | x_t, t) on labelled
-                               data, x_t ~ q(x_t | x_0) with diffusion.*; model.name 'classifier').
+                               data, x_t ~ q(x_t | x_0) with diffusion.*; model.name 'classifier'),
+                               'edm' (Karras et al. 2022: the network wrapped in `diffax.models.Preconditioned`
+                               (edm.kind, edm.sigma_data), loss `diffax.edm.edm_loss` with ln sigma ~
+                               N(edm.p_mean, edm.p_std^2)) or 'flow_matching' (`diffax.flow_matching`: x_t =
+                               (1 - t) x_0 + t eps, the network predicts eps - x_0 and sees 1000 t as its time
+                               input; t ~ flow.t_sampling 'uniform' | 'logit_normal' (flow.logit_mean, logit_std)).
     optim.*                    `diffax.training.optim.make_optimizer` (lr, warmup_steps, grad_clip, ...).
     model.*                    model.name ('mlp' | 'unet' | 'classifier') and that model's fields.
+    model.skip_rescale         (unet) divide each residual block's and attention block's sum by sqrt(2)
+                               (score_sde's NCSN++/DDPM++ skip_rescale, `diffax.models.UNet`); False = DDPM.
     model.init_from            (unet) a diffusers UNet2DModel directory (`diffax.interop`, e.g. google/ddpm-cifar10-32):
                                sample / eval use its weights when the workdir has no checkpoint, train starts
                                from them (params and EMA). The config must agree with it on the architecture
@@ -103,6 +111,15 @@ def base_config() -> ml_collections.ConfigDict:
                                label is i mod K, so any chunk size gives the same samples up to float32
                                rounding (XLA compiles one program per chunk shape; rtol 1e-5 / atol 1e-6).
     sampling.langevin_eps, steps_per_level, denoise   method 'annealed_langevin' (ncsn): eps of Algorithm 1.
+    sampling.method 'edm'      EDM Algorithm 2 (`diffax.edm.edm_sampler`; 2 num_steps - 1 network calls,
+                               num_steps None = 18) over edm.sigma_min..edm.sigma_max with sampling.rho,
+                               s_churn, s_min, s_max (None = inf), s_noise; for 'edm' runs (the preconditioned
+                               network), 'diffusion' runs (`diffax.edm.denoiser_from_discrete`, the sigma range
+                               clipped to the schedule's sigma_0..sigma_{T-1}) and 'flow_matching' runs
+                               (D(x; sigma) = x_t - t v(x_t, t) at t = sigma / (1 + sigma), x_t = x / (1 + sigma)).
+                               clip_x0 clips D. 'euler' | 'heun' (flow_matching runs): `diffax.flow_matching.
+                               flow_euler` / `flow_heun` from t = 1 to 0 in num_steps uniform steps (None = 18;
+                               NFE N / 2N).
     sampling.guidance_w        classifier-free guidance weight w (class-conditional models trained with
                                diffusion.p_uncond > 0; 0 = off, -1 = unconditional, < -1 guides away from
                                the class).
@@ -137,10 +154,13 @@ def base_config() -> ml_collections.ConfigDict:
                        var_type="fixed_small", loss_type="simple", lambda_vlb=0.001, p_uncond=0.0,
                        timestep_sampling="uniform")  # fmt: skip
     c.ncsn = dict(sigma_max=1.0, sigma_min=0.01, num_levels=10)
+    c.edm = dict(kind="edm", sigma_data=0.5, p_mean=-1.2, p_std=1.2, sigma_min=0.002, sigma_max=80.0)
+    c.flow = dict(t_sampling="uniform", logit_mean=0.0, logit_std=1.0)
     c.sampling = dict(method="ddpm", num_steps=config_dict.placeholder(int), eta=0.0, num_samples=1000,
                       clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading",
                       langevin_eps=2e-5, steps_per_level=100, denoise=True, guidance_w=0.0,
-                      classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0)  # fmt: skip
+                      classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0, rho=7.0,
+                      s_churn=0.0, s_min=0.0, s_max=config_dict.placeholder(float), s_noise=1.0)  # fmt: skip
     c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
                   classifier_fid_num_test=0, fid_num_train=0, inception_weights=config_dict.placeholder(str),
                   num_samples=50_000, fid_reference=config_dict.placeholder(str), fid_batch_size=200)  # fmt: skip

@@ -161,13 +161,14 @@ def restore_params(exp: builders.Experiment, workdir: str, *, debias: bool = Fal
 
 
 # The config sections that define the trained network and its objective: they must match the run's.
-_RUN_SECTIONS = ("model", "diffusion", "data", "ncsn")
+_RUN_SECTIONS = ("model", "diffusion", "data", "ncsn", "edm", "flow")
 _RUN_KEYS = ("training.objective",)
 # Where the data lives, and the compute dtype (parameters stay float32 either way), may change between calls;
 # how it was trained with may not (except when sampling).
 _ALWAYS_FREE = ("data.path", "data.data_dir", "model.dtype")
 _FREE_AFTER_TRAINING = ("data.num_train", "data.random_flip", "diffusion.loss_type", "diffusion.lambda_vlb",
-                        "diffusion.timestep_sampling")  # fmt: skip
+                        "diffusion.timestep_sampling", "edm.p_mean", "edm.p_std", "edm.sigma_min", "edm.sigma_max",
+                        "flow.t_sampling", "flow.logit_mean", "flow.logit_std")  # fmt: skip
 _FIXED_VARIANCES = ("fixed_small", "fixed_large")
 # A resume must also match these: the toy training set is drawn from the seed, and the saved data position
 # counts batches of training.batch_size (at another seed or batch size the resumed steps see other data).
@@ -177,6 +178,8 @@ _RESUME_KEYS = ("seed", "training.batch_size")
 # sigmoid schedules with DDPM's unscaled 1e-4 .. 0.02 at every T; today None means those scaled by 1000 / T.
 _BETA_SCHEDULES = ("linear", "quadratic", "sigmoid")
 _UNSCALED_BETAS = {"beta_start": 1e-4, "beta_end": 0.02}
+# Keys added since, with the value every run saved before them had (the network they build is that one).
+_ADDED_KEYS_OLD_VALUES = {"model.skip_rescale": False}
 
 
 def _with_trained_betas(saved: dict) -> dict:
@@ -209,18 +212,21 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def check_compatible(saved: dict, current: dict, *, purpose: str) -> None:
     """Raises ValueError unless ``current`` describes the same network and objective as the run's ``saved``
-    config: every key of model.*, diffusion.*, data.*, ncsn.* and training.objective must be equal, except
+    config: every key of model.*, diffusion.*, data.*, ncsn.*, edm.*, flow.* and training.objective must be equal, except
     the data's location and model.dtype (activations only: parameters are float32 either way), and for ``purpose`` 'sample' / 'eval' the training-only keys (data.num_train,
-    random_flip, diffusion.loss_type, lambda_vlb, timestep_sampling) and a fixed variance
+    random_flip, diffusion.loss_type, lambda_vlb, timestep_sampling, edm.p_mean / p_std (the training sigma
+    distribution), edm.sigma_min / sigma_max (the 'edm' sampler's range), flow.*) and a fixed variance
     (diffusion.var_type fixed_small <-> fixed_large, a sampling choice; Ho et al. 2020 sec. 3.2). A resume
     must also keep the seed (the toy training set is drawn from it) and training.batch_size (the saved data
     position counts its batches); sample / eval may change them (another seed draws other samples).
     diffusion.beta_start / beta_end compare as the betas they give (None: 1000 / T times 1e-4 / 0.02; a run
-    saved before the keys: the unscaled 1e-4 / 0.02 it was trained with). Other keys the saved config lacks
+    saved before the keys: the unscaled 1e-4 / 0.02 it was trained with); a saved UNet config without
+    model.skip_rescale compares as False (the network it was trained as). Other keys the saved config lacks
     (runs older than the key) are not compared. One line lists every mismatch."""
     if purpose not in ("resume", "sample", "eval"):
         raise ValueError(f"purpose must be 'resume', 'sample' or 'eval', got {purpose!r}")
     a, b = _beta_values(_flatten(_with_trained_betas(saved))), _beta_values(_flatten(current))
+    a = {**_ADDED_KEYS_OLD_VALUES, **a}  # a run saved before such a key was built with its old value
     free = set(_ALWAYS_FREE) | (set(_FREE_AFTER_TRAINING) if purpose != "resume" else set())
     keys = [k for k in b if k.split(".")[0] in _RUN_SECTIONS or k in _RUN_KEYS
             or (purpose == "resume" and k in _RESUME_KEYS)]  # fmt: skip

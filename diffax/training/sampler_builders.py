@@ -17,18 +17,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffax import guidance, samplers, schedules
+from diffax import edm, flow_matching, guidance, samplers, schedules
 from diffax._util import check_choice, check_int
 from diffax.schedules import Schedule
 from diffax.training import step
-from diffax.training.train_builders import build_sigmas, objective
+from diffax.training.train_builders import FLOW_TIME_SCALE, build_sigmas, objective
 
-__all__ = ["SAMPLING_METHODS", "SPACINGS", "SampleBatchFn", "build_sampler", "labeled_sampler",
-           "per_example_sampler"]  # fmt: skip
+__all__ = ["SAMPLING_METHODS", "METHODS_OF", "CONTINUOUS_METHODS", "CONTINUOUS_SAMPLING_KEYS", "SPACINGS",
+           "SampleBatchFn", "build_sampler", "check_method", "labeled_sampler", "per_example_sampler",
+           "edm_sigma_range"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin")
+SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin", "edm", "euler", "heun")
+# Which sampling.method samples which training.objective.
+METHODS_OF = {"diffusion": ("ddpm", "ddim", "edm"), "ncsn": ("annealed_langevin",), "edm": ("edm",),
+              "flow_matching": ("euler", "heun", "edm")}  # fmt: skip
+CONTINUOUS_METHODS = ("edm", "euler", "heun")
+# sampling.* keys read only by the continuous-time methods (left out of a discrete run's sample fingerprint).
+CONTINUOUS_SAMPLING_KEYS = ("rho", "s_churn", "s_min", "s_max", "s_noise")
+DEFAULT_CONTINUOUS_STEPS = 18  # sampling.num_steps None: EDM's CIFAR-10 setting (35 NFE with 'edm')
 SPACINGS = ("leading", "linspace", "trailing")
 
 SampleBatchFn = Callable[[Any, jax.Array, int], jax.Array]
@@ -64,6 +72,8 @@ def build_sampler(
     Dhariwal & Nichol 2021, Algorithms 1-2).
     'annealed_langevin' (training.objective 'ncsn'): Song & Ermon 2019, Algorithm 1 over `build_sigmas`,
     from x ~ N(0, sigma_1^2 I) (the sigma_1-perturbed data is close to it when sigma_1 is large).
+    'edm' (EDM Algorithm 2) and 'euler' / 'heun' (flow ODE): `_continuous_sampler`; `METHODS_OF` says which
+    method samples which training.objective.
     """
     sample_labeled, num_labels = labeled_sampler(config, model, schedule, data_shape, classifier)
 
@@ -90,6 +100,18 @@ def per_example_sampler(sample_labeled: Callable, num_labels: int | None) -> Cal
     return sample_fn
 
 
+def check_method(config: ml_collections.ConfigDict) -> str:
+    """sampling.method, checked against `SAMPLING_METHODS` and against training.objective (`METHODS_OF`; a
+    noisy classifier has no sampler, any method passes). `builders.build` calls it, so a run that could not
+    sample is refused before it trains."""
+    method = check_choice("sampling.method", config.sampling.method, SAMPLING_METHODS)
+    obj = objective(config)
+    if obj != "noisy_classifier" and method not in METHODS_OF[obj]:
+        fits = "; ".join(f"{o!r} samples with {' / '.join(repr(m) for m in ms)}" for o, ms in METHODS_OF.items())
+        raise ValueError(f"sampling.method={method!r} does not fit training.objective={obj!r}: {fits}")
+    return method
+
+
 def labeled_sampler(
     config: ml_collections.ConfigDict,
     model,
@@ -100,16 +122,15 @@ def labeled_sampler(
     """(sample_labeled(params, key, n, y) -> x, K): the config's sampler for given labels y (n,) or None,
     and the number of labels K the samples are drawn for (None: unlabeled); `build_sampler` says what it draws."""
     s = config.sampling
-    method = check_choice("sampling.method", s.method, SAMPLING_METHODS)
     obj = objective(config)
     if obj == "noisy_classifier":
         raise ValueError("training.objective='noisy_classifier' trains a classifier: it has no sampler (use it "
                          "through sampling.classifier_workdir of a diffusion config)")
-    if (obj == "ncsn") != (method == "annealed_langevin"):
-        raise ValueError(f"sampling.method={method!r} does not fit training.objective={obj!r}: 'ncsn' samples "
-                         "with 'annealed_langevin', diffusion models with 'ddpm' or 'ddim'")
+    method = check_method(config)
     num_classes = config.model.num_classes
     data_shape = tuple(int(d) for d in data_shape)
+    if method in CONTINUOUS_METHODS:
+        return _continuous_sampler(config, model, schedule, data_shape, obj, method, classifier), num_classes
     if method == "annealed_langevin":
         sigmas = build_sigmas(config)
         steps_per_level = check_int("sampling.steps_per_level", s.steps_per_level, 1)
@@ -179,3 +200,85 @@ def labeled_sampler(
                              mean_type=mean_type, var_type=var_type, clip_x0=clip_x0)  # fmt: skip
 
     return sample_labeled, num_labels
+
+
+def _float(name: str, value: Any, *, low: float = 0.0, allow_inf: bool = False) -> float:
+    """``value`` as a float >= low; ValueError naming ``name`` otherwise (inf only with ``allow_inf``)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value >= low
+    if not ok or not (math.isfinite(value) or (allow_inf and value == math.inf)):
+        raise ValueError(f"{name} must be a {'' if allow_inf else 'finite '}number >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def edm_sigma_range(config: ml_collections.ConfigDict, schedule: Schedule, obj: str) -> tuple[float, float]:
+    """(sigma_min, sigma_max) of sampling.method 'edm': edm.sigma_min / sigma_max, for a 'diffusion' run clipped
+    to the schedule's sigma_k = sqrt(1 / abar_k - 1), k = 0..T-1 (NVlabs generate.py clamps to the network's
+    sigma range the same way: there is no sigma outside it to round to)."""
+    lo = _float("edm.sigma_min", config.edm.sigma_min)
+    hi = _float("edm.sigma_max", config.edm.sigma_max)
+    if obj == "diffusion":
+        sig = np.sqrt(1.0 / np.asarray(schedule.alphas_cumprod, np.float64) - 1.0)
+        lo, hi = max(lo, float(sig[0])), min(hi, float(sig[-1]))
+    if not (0 < lo < hi):
+        raise ValueError(f"sampling.method='edm' needs 0 < sigma_min < sigma_max, got {lo:g}, {hi:g} (edm.sigma_min, "
+                         "edm.sigma_max" + (", clipped to the schedule's sigma range)" if obj == "diffusion" else ")"))
+    return lo, hi
+
+
+def _continuous_sampler(config, model, schedule: Schedule, data_shape: tuple[int, ...], obj: str, method: str,
+                        classifier) -> Callable:
+    """sample_labeled(params, key, n, y) of sampling.method 'edm' / 'euler' / 'heun' (see `labeled_sampler`).
+
+    The key is split into (latents, churn): latents ~ N(0, I) of shape (n, *data_shape), the churn key
+    given to `diffax.edm.edm_sampler` only when s_churn > 0 (step i's noise: fold_in(churn key, i)); so a
+    per-example key (`per_example_sampler`) makes sample i depend on (seed, i) only.
+    The denoiser D(x; sigma) of 'edm': the preconditioned network ('edm' runs), `edm.denoiser_from_discrete`
+    ('diffusion' runs; diffusion.mean_type, a learned variance's half dropped) or, for 'flow_matching' runs,
+    `flow_matching.denoiser_from_velocity`.
+    """
+    s = config.sampling
+    if float(s.guidance_w) != 0 or float(s.classifier_scale) != 0 or classifier is not None:
+        raise ValueError(f"sampling.method={method!r} has no guidance: set sampling.guidance_w=0 and "
+                         "sampling.classifier_scale=0 (guidance works with 'ddpm' / 'ddim')")
+    num_steps = DEFAULT_CONTINUOUS_STEPS if s.num_steps is None else check_int("sampling.num_steps", s.num_steps,
+                                                                                 2 if method == "edm" else 1)
+    clip_x0 = _check_clip(s.clip_x0)
+    if clip_x0 is not None and method != "edm":
+        raise ValueError(f"sampling.clip_x0={clip_x0} applies to 'ddpm' / 'ddim' / 'edm' (it clips the x_0 "
+                         f"prediction), not to the flow ODE of {method!r}: leave sampling.clip_x0 unset")
+    num_classes = config.model.num_classes
+    if method == "edm":
+        sigma_min, sigma_max = edm_sigma_range(config, schedule, obj)
+        churn = _float("sampling.s_churn", s.s_churn)
+        kw = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max,
+                  rho=_float("sampling.rho", s.rho, low=1e-12), S_churn=churn, S_min=_float("sampling.s_min", s.s_min),
+                  S_max=math.inf if s.s_max is None else _float("sampling.s_max", s.s_max, allow_inf=True),
+                  S_noise=_float("sampling.s_noise", s.s_noise))  # fmt: skip
+        edm.edm_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=kw["rho"])  # validates the grid
+
+    def sample_labeled(params, key: jax.Array, n: int, y) -> jax.Array:
+        y_model = y if num_classes is not None else None
+        k_latents, k_churn = jax.random.split(key)
+        latents = jax.random.normal(k_latents, (n,) + data_shape)
+
+        def net(x, t):
+            return model.apply({"params": params}, x, t, y=y_model, train=False)
+
+        if method in ("euler", "heun"):
+            solver = flow_matching.flow_euler if method == "euler" else flow_matching.flow_heun
+            return solver(lambda x, t: net(x, FLOW_TIME_SCALE * t), latents, num_steps=num_steps)
+        if obj == "edm":
+            denoise_fn = net
+        elif obj == "diffusion":
+            denoise_fn = edm.denoiser_from_discrete(net, schedule, mean_type=config.diffusion.mean_type)
+        else:
+            denoise_fn = flow_matching.denoiser_from_velocity(lambda x, t: net(x, FLOW_TIME_SCALE * t))
+        if clip_x0 is not None:
+            unclipped = denoise_fn
+
+            def denoise_fn(x, sigma):
+                return jnp.clip(unclipped(x, sigma), -clip_x0, clip_x0)
+
+        return edm.edm_sampler(denoise_fn, latents, key=k_churn if churn > 0 else None, **kw)
+
+    return sample_labeled
