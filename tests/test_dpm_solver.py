@@ -37,6 +37,7 @@ def measured_orders(data: str) -> dict:
     return oracle_checks.sampler_convergence_orders(mix, s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["seed_1d", "anisotropic_2d"])
 def test_second_order_convergence_to_the_ode_solution(x64, data):
     """Error vs the exact ODE solution falls as M^-2 for 2M and M^-1 for DDIM (eta = 0, same grid).
@@ -284,6 +285,7 @@ def test_dpm_solver_pp_equals_affine_recursion(x64, order, schedule, spacing, fi
         assert err(_dpm_pp_np(abar, list(ts), final_step, x_T, 3, d2_weight=0.5), want) > 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x64_on", [False, True])
 def test_dpm_solver_pp_2m_is_order_2_bitwise(x64_on):
     """dpm_solver_pp_2m(...) and dpm_solver_pp(..., order=2) give bitwise the same samples (float32 and
@@ -394,6 +396,7 @@ def test_equals_diffusers_dpm_solver_multistep(x64):
                 assert rel(cds._numpy_solver(acp, list(ts), x_T, 3, 0.5)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_third_order_in_the_asymptotic_range(x64):
     """Order 3 stays third order at M = 100..800 (anisotropic 2-D mixture, k_end = 100): slope within 0.4 of 3
     (measured 2.81). Diffusers' third-order update (half the quadratic term) measures 1.92 here (and 2.09 on

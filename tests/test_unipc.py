@@ -243,6 +243,7 @@ def _measured_order(order: int, lower_order_final: bool, k_end: int = 300) -> tu
     return float(-np.polyfit(np.log(STEPS), np.log(errs), 1)[0]), errs
 
 
+@pytest.mark.slow
 def test_convergence_order_is_p_plus_one(x64):
     """UniPC-p converges at order p + 1 (Zhao et al. 2023, Theorem 3.3) when every step runs at order p.
 

@@ -73,10 +73,7 @@ def sampler_convergence_orders(mix: oracles.GaussianMixture, s: Schedule, *, ste
     on time only through abar, and abar(tau_k) = alphas_cumprod[k] exactly.
     """
     T = s.num_timesteps
-    shape = (n, mix.dim)
-    x_T = jax.random.normal(jax.random.PRNGKey(0), shape)
-    sde = processes.VP.from_schedule(s)
-    ref, _ = ode.ode_solve(ode.oracle_score_fn(mix, sde), sde, x_T, t0=1.0, t1=(k_end + 1) / T, rtol=1e-10, atol=1e-10)
+    shape, x_T, ref = _ode_reference(mix, s, k_end, n)
     steps = np.asarray(steps)
     errs: dict[str, list[float]] = {"dpm_2m": [], "ddim": []}
     for M in steps:
@@ -90,6 +87,17 @@ def sampler_convergence_orders(mix: oracles.GaussianMixture, s: Schedule, *, ste
     return dict(orders, errors=errs, steps=steps.tolist())
 
 
+def _ode_reference(mix: oracles.GaussianMixture, s: Schedule, k_end: int, n: int) -> tuple[tuple, jax.Array, jax.Array]:
+    """(shape, x_T, reference): n latents x_T ~ PRNGKey(0) and the adaptive diffrax solve of the exact
+    probability-flow ODE (rtol = atol = 1e-10) from tau = 1 to tau = (k_end + 1) / T, the solvers' target."""
+    shape = (n, mix.dim)
+    x_T = jax.random.normal(jax.random.PRNGKey(0), shape)
+    sde = processes.VP.from_schedule(s)
+    ref, _ = ode.ode_solve(ode.oracle_score_fn(mix, sde), sde, x_T, t0=1.0, t1=(k_end + 1) / s.num_timesteps,
+                           rtol=1e-10, atol=1e-10)  # fmt: skip
+    return shape, x_T, ref
+
+
 def dpm_solver_pp_orders(mix: oracles.GaussianMixture, s: Schedule, *, orders: Sequence[int] = (1, 2, 3),
                          steps: Sequence[int] = (10, 20, 40, 80), k_end: int = 100, n: int = 256) -> dict:  # fmt: skip
     """{"dpm_1": slope, "dpm_2": ..., "dpm_3": ..., "ddim": ..., "errors": {...}, "steps": [...]}: the
@@ -100,10 +108,7 @@ def dpm_solver_pp_orders(mix: oracles.GaussianMixture, s: Schedule, *, orders: S
     reference at rtol = atol = 1e-10.
     """
     T = s.num_timesteps
-    shape = (n, mix.dim)
-    x_T = jax.random.normal(jax.random.PRNGKey(0), shape)
-    sde = processes.VP.from_schedule(s)
-    ref, _ = ode.ode_solve(ode.oracle_score_fn(mix, sde), sde, x_T, t0=1.0, t1=(k_end + 1) / T, rtol=1e-10, atol=1e-10)
+    shape, x_T, ref = _ode_reference(mix, s, k_end, n)
     steps = np.asarray(steps)
     errs: dict[str, list[float]] = {f"dpm_{k}": [] for k in orders}
     errs["ddim"] = []
