@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 
 from diffax import dpm_solver, samplers, schedules
+from _gaussian_models import exact_model, x0_np
 
 T = 100
 B, D = 2048, 3
@@ -52,28 +53,6 @@ def _abar_np(s) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the exact model
-
-
-def _model(s, mean_type: str, mu, sd, offset):
-    """The exact eps / x0 / v model of N(mu, diag sd^2) under s, called at index clip(t + offset).
-
-    mu, sd and offset may be traced (one compile serves both Gaussians and the controls)."""
-
-    def fn(x, t):
-        t = jnp.clip(t + offset, 0, s.num_timesteps - 1)
-        abar = jnp.take(s.alphas_cumprod, t)[:, None]
-        a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-        var = a**2 * sd**2 + b**2
-        eps = b * (x - a * mu) / var
-        x0 = (b**2 * mu + a * sd**2 * x) / var
-        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[mean_type]
-
-    return fn
-
-
-def _x0_np(x, abar, mu, sd):
-    a, b2 = np.sqrt(abar), 1.0 - abar
-    return (b2 * mu + a * sd**2 * x) / (a**2 * sd**2 + b2)
 
 
 def _eps_np(x, abar, mu, sd):
@@ -97,7 +76,7 @@ def _ddpm_steps(abar, taus, mu, sd, var_type: str):
         c2 = (1.0 - ab_p) * np.sqrt(1.0 - beta) / (1.0 - ab)
         var = beta * (1.0 - ab_p) / (1.0 - ab) if var_type == "fixed_small" else beta
         sigma = 0.0 if k == 0 else float(np.sqrt(var))
-        steps.append(lambda x, ab=ab, c1=c1, c2=c2, sigma=sigma: (c1 * _x0_np(x, ab, mu, sd) + c2 * x, sigma))
+        steps.append(lambda x, ab=ab, c1=c1, c2=c2, sigma=sigma: (c1 * x0_np(x, ab, mu, sd) + c2 * x, sigma))
     return steps
 
 
@@ -111,7 +90,7 @@ def _ddim_steps(abar, taus, mu, sd, eta: float):
         c_dir = np.sqrt(1.0 - ab_p - sigma**2)
         steps.append(
             lambda x, ab=ab, ab_p=ab_p, c_dir=c_dir, sigma=float(sigma): (
-                np.sqrt(ab_p) * _x0_np(x, ab, mu, sd) + c_dir * _eps_np(x, ab, mu, sd),
+                np.sqrt(ab_p) * x0_np(x, ab, mu, sd) + c_dir * _eps_np(x, ab, mu, sd),
                 sigma,
             )
         )
@@ -153,7 +132,7 @@ def _dpm_solver_pp_2m_np(abar, ts, final_step: str, x, mu, sd, order: int = 2):
     x0_prev, h_prev = None, None
     for i, t in enumerate(model_ts):
         ab, ab_n = grid[i], grid[i + 1]
-        x0 = _x0_np(x, abar[t], mu, sd)
+        x0 = x0_np(x, abar[t], mu, sd)
         if ab_n == 1.0:  # the end point: sigma = 0, lambda = inf
             x, x0_prev = x0, x0
             continue
@@ -261,7 +240,7 @@ def test_ddim_eta0_equals_affine_recursion(x64, spacing, num_steps, mean_type):
     key = jax.random.PRNGKey(0)
 
     def run(x_init, off):
-        model = _model(s, mean_type, jnp.asarray(MU_A), jnp.asarray(SD_A), off)
+        model = exact_model(s, mean_type, jnp.asarray(MU_A), jnp.asarray(SD_A), off)
         return samplers.ddim(model, s, key, (B, D), num_steps=num_steps, spacing=spacing, eta=0.0,
                              x_init=x_init, mean_type=mean_type)
 
@@ -291,7 +270,7 @@ def test_dpm_solver_pp_2m_equals_affine_recursion(x64, schedule, spacing, final_
     key = jax.random.PRNGKey(0)
 
     def run(x_init, off):
-        model = _model(s, mean_type, jnp.asarray(MU_A), jnp.asarray(SD_A), off)
+        model = exact_model(s, mean_type, jnp.asarray(MU_A), jnp.asarray(SD_A), off)
         return dpm_solver.dpm_solver_pp_2m(model, s, key, (B, D), num_steps=num_steps, spacing=spacing,
                                            final_step=final_step, x_init=x_init, mean_type=mean_type)
 
@@ -308,7 +287,7 @@ def test_dpm_solver_pp_2m_equals_affine_recursion(x64, schedule, spacing, final_
 
 def _ddpm_run(s, mean_type, var_type, timesteps=None):
     def run(key, x_init, mu, sd, off):
-        return samplers.ddpm(_model(s, mean_type, mu, sd, off), s, key, (B, D), x_init=x_init, timesteps=timesteps,
+        return samplers.ddpm(exact_model(s, mean_type, mu, sd, off), s, key, (B, D), x_init=x_init, timesteps=timesteps,
                              mean_type=mean_type, var_type=var_type, return_trajectory=True)
     return run
 
@@ -350,7 +329,7 @@ def test_stochastic_ddim_is_the_exact_gaussian_chain(x64, spacing, mean_type):
     taus = schedules.space_timesteps(T, 20, spacing)
 
     def run(key, x_init, mu, sd, off, eta):
-        return samplers.ddim(_model(s, mean_type, mu, sd, off), s, key, (B, D), num_steps=20, spacing=spacing,
+        return samplers.ddim(exact_model(s, mean_type, mu, sd, off), s, key, (B, D), num_steps=20, spacing=spacing,
                              eta=eta, x_init=x_init, mean_type=mean_type, return_trajectory=True)
 
     def ref(eta):
@@ -368,7 +347,7 @@ def test_pc_predictor_without_corrector_is_the_exact_gaussian_chain(x64):
     betas, abar = np.asarray(s.betas, np.float64), _abar_np(s)
 
     def run(key, x_init, mu, sd, off):
-        return samplers.pc(_model(s, "eps", mu, sd, off), s, key, (B, D), n_corrector=0, x_init=x_init,
+        return samplers.pc(exact_model(s, "eps", mu, sd, off), s, key, (B, D), n_corrector=0, x_init=x_init,
                            return_trajectory=True)
 
     _stochastic_case(

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from diffax import dpm_solver, ode, oracles, processes, schedules, unipc
+from _gaussian_models import exact_model, x0_np
 
 T = 100
 B, D = 512, 3
@@ -41,26 +42,6 @@ def _schedule(name: str):
 
 def _abar_np(s) -> np.ndarray:
     return np.cumprod(1.0 - np.asarray(s.betas, np.float64))
-
-
-def _model(s, mean_type: str, mu, sd, offset):
-    """The exact eps / x0 / v model of N(mu, diag sd^2) called at index clip(t + offset)."""
-
-    def fn(x, t):
-        t = jnp.clip(t + offset, 0, s.num_timesteps - 1)
-        abar = jnp.take(s.alphas_cumprod, t)[:, None]
-        a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-        var = a**2 * sd**2 + b**2
-        eps = b * (x - a * mu) / var
-        x0 = (b**2 * mu + a * sd**2 * x) / var
-        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[mean_type]
-
-    return fn
-
-
-def _x0_np(x, abar, mu, sd):
-    a, b2 = np.sqrt(abar), 1.0 - abar
-    return (b2 * mu + a * sd**2 * x) / (a**2 * sd**2 + b2)
 
 
 # --------------------------------------------------------------------------- the NumPy reference
@@ -110,7 +91,7 @@ def _unipc_np(abar, ts, final_step, x, mu, sd, order, variant, corrector=True, l
         lam = np.log(alpha) - np.log(sigma)
     ms, x_prev, p_prev = [], None, None
     for i, t in enumerate(model_ts):
-        m = _x0_np(x, abar[t], mu, sd)
+        m = x0_np(x, abar[t], mu, sd)
         if i > 0 and corrector:
             x = _unip_unic(x_prev, lam, alpha, sigma, ms, i - 1, p_prev, variant, m_new=m)
         ms.append(m)
@@ -142,7 +123,7 @@ def test_unipc_equals_affine_recursion(x64, order, variant, schedule, spacing, f
 
     @jax.jit
     def run(x_init, off):
-        model = _model(s, mean_type, jnp.asarray(MU_A), jnp.asarray(SD_A), off)
+        model = exact_model(s, mean_type, jnp.asarray(MU_A), jnp.asarray(SD_A), off)
         return unipc.unipc(model, s, jax.random.PRNGKey(0), (B, D), order=order, variant=variant,
                            num_steps=num_steps, spacing=spacing, final_step=final_step, x_init=x_init,
                            mean_type=mean_type)  # fmt: skip
@@ -171,7 +152,7 @@ def test_orders_and_variants_differ_and_lower_order_final(x64):
     s = _schedule("cosine")
     abar = _abar_np(s)
     ts = list(dpm_solver.dpm_solver_timesteps(s, 8, "time_uniform", "none"))
-    model = _model(s, "eps", jnp.asarray(MU_A), jnp.asarray(SD_A), 0)
+    model = exact_model(s, "eps", jnp.asarray(MU_A), jnp.asarray(SD_A), 0)
     got = unipc.unipc(model, s, None, (B, D), order=3, timesteps=ts, final_step="none", lower_order_final=False,
                       x_init=jnp.asarray(_x_init()))  # fmt: skip
     want = _unipc_np(abar, ts, "none", _x_init(), MU_A, SD_A, 3, "bh2", lower_order_final=False)
@@ -188,7 +169,7 @@ def test_nfe_equals_num_steps(x64, final_step):
     """One model call per step (the corrector reuses the next step's call), counted by an io_callback."""
     s = _schedule("cosine")
     calls = []
-    model = _model(s, "eps", jnp.asarray(MU_A), jnp.asarray(SD_A), 0)
+    model = exact_model(s, "eps", jnp.asarray(MU_A), jnp.asarray(SD_A), 0)
 
     def counted(x, t):
         jax.experimental.io_callback(lambda t: calls.append(int(t[0])), None, t, ordered=True)
