@@ -189,7 +189,7 @@ def inception_eval(exp: builders.Experiment, workdir: str, samples: np.ndarray, 
                          )  # fmt: skip
     t0 = time.perf_counter()
     if variables is None:
-        model, variables = inception_metrics.load_inception(e.inception_weights, model=model)
+        variables = inception_metrics.load_inception(e.inception_weights)[1]
     model = model or InceptionV3()
     weights_sha256 = inception_metrics.file_sha256(e.inception_weights)
     mesh = device_mesh.make_mesh() if mesh is None else mesh

@@ -74,20 +74,22 @@ class MetricWriter:
             self.enabled = False
 
 
-def _rows(path: str) -> list[tuple[str, int, dict]]:
-    """(line, step, record) of each row of a metrics.jsonl. A row that does not parse (the torn last row of a
-    process killed mid-append: rows are appended, not written atomically) is skipped with a warning."""
-    rows = []
+def _rows(path: str) -> tuple[list[tuple[str, int, dict]], int]:
+    """((line, step, record) of each row of a metrics.jsonl, the number of non-blank lines). A row that does
+    not parse (the torn last row of a process killed mid-append: rows are appended, not written atomically)
+    is skipped with a warning."""
+    rows, num_lines = [], 0
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            num_lines += 1
             try:
                 rec = json.loads(line)
                 rows.append((line if line.endswith("\n") else line + "\n", int(rec["step"]), rec))
             except (ValueError, KeyError, TypeError) as e:
                 _log.warning("%s line %d is not a metrics row (torn by a crash?): skipped (%s)", path, n, e)
-    return rows
+    return rows, num_lines
 
 
 def _drop_rows_after(path: str, step: int) -> None:
@@ -95,9 +97,8 @@ def _drop_rows_after(path: str, step: int) -> None:
     (`diffax._util.write_atomic`): a crash meanwhile leaves the old file, never a truncated one."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        num_lines = sum(1 for line in f if line.strip())
-    keep = [line for line, s, _ in _rows(path) if s <= step]
+    rows, num_lines = _rows(path)
+    keep = [line for line, s, _ in rows if s <= step]
     if len(keep) == num_lines:
         return
     write_atomic(path, "".join(keep))
@@ -111,5 +112,5 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     path = os.path.join(os.fspath(workdir), "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    by_step = {s: rec for _, s, rec in _rows(path)}
+    by_step = {s: rec for _, s, rec in _rows(path)[0]}
     return [by_step[s] for s in sorted(by_step)]
