@@ -53,6 +53,26 @@ __all__ = ["Checkpointer"]
 logger = logging.getLogger(__name__)
 
 _ITEMS = ("state", "data", "checksums", "config")
+_LISTING_TRIES = 5
+
+
+def _vanished_step(e: FileNotFoundError, directory: str) -> bool:
+    """Whether ``e`` is a step directory of ``directory`` that no longer exists (deleted under a listing)."""
+    missing = os.path.abspath(os.fspath(e.filename)) if e.filename else ""
+    return os.path.dirname(missing) == directory or os.path.dirname(os.path.dirname(missing)) == directory
+
+
+def _listed(directory: str, list_steps) -> Any:
+    """``list_steps()`` (Orbax listing the step directories, then reading each one's metadata and mtime),
+    listed again when a step vanished between the two: a trainer's keep-last-K deleting an old step while a
+    reader opens the run is normal use, not an error (up to `_LISTING_TRIES` listings)."""
+    for attempt in range(_LISTING_TRIES):
+        try:
+            return list_steps()
+        except FileNotFoundError as e:
+            if not _vanished_step(e, directory) or attempt == _LISTING_TRIES - 1:
+                raise
+            logger.info("checkpoint %s was deleted while the steps were listed; listing again", e.filename)
 
 
 @jax.jit
@@ -128,7 +148,7 @@ class Checkpointer:
                 enable_async_checkpointing=async_save,
                 preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
             )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = _listed(self.directory, lambda: ocp.CheckpointManager(self.directory, options=options))
 
     # ------------------------------------------------------------------------------------------ listing
     def latest_step(self) -> int | None:
@@ -345,7 +365,7 @@ class Checkpointer:
                 return self._restore_newest_intact(target_state, quarantine and not self.read_only)
             except CheckpointDamagedError as e:  # only raised for a vanished step
                 logger.info("checkpoint %d was deleted while it was read; listing the steps again", e.step)
-                self._manager.reload()
+                _listed(self.directory, self._manager.reload)
         return self._restore_newest_intact(target_state, quarantine and not self.read_only)
 
     def _restore_newest_intact(self, target_state: Any, quarantine: bool) -> tuple[Any, dict[str, int], int] | None:
@@ -385,7 +405,7 @@ class Checkpointer:
                 logger.warning("moved damaged checkpoint %d to %s", step, dest)
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes("diffax_checkpoint_quarantine")
-        self._manager.reload()
+        _listed(self.directory, self._manager.reload)
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def wait(self) -> None:

@@ -171,6 +171,7 @@ def dpm_solver_pp(
     var_type: str = "fixed_small",
     clip_x0: ClipX0 = None,
     return_trajectory: bool = False,
+    diffusers_3m: bool = False,
 ):
     """Multistep DPM-Solver++ of order 1, 2 or 3 on the discrete schedule, one lax.scan; NFE = num_steps.
 
@@ -193,6 +194,10 @@ def dpm_solver_pp(
                SECOND-order method -- measured slopes 2.09 / 1.92 against 2.97 / 2.81 here at M = 100..800
                on the 1-D / 2-D oracle mixtures, though both ~2.9 / 2.8 at M = 10..80, where the half
                weight's errors were 0.7-0.8x these; experiments/compare_diffusers_solvers.py).
+    ``diffusers_3m=True`` uses that half weight (the b2 term times 1/2), i.e. diffusers'
+    `DPMSolverMultistepScheduler(solver_order=3)` and DPM-Solver's reference `multistep_dpm_solver_third_update`
+    exactly (to ~1e-6 on the same grid and x_T, tests/test_dpm_solver.py): for reproducing numbers made with
+    those; it changes nothing at orders 1 and 2.
 
     Everything else (grid, ``final_step``, mean_type, var_type, clip_x0, key/x_init, the
     trajectory) as `dpm_solver_pp_2m`.
@@ -245,7 +250,7 @@ def dpm_solver_pp(
         # h^2 - 2h + 2 - 2e^{-h} = 2 (e^{-h} - 1 + h - h^2/2) (-1): series below h = 0.1 (cancellation)
         direct = h_safe**2 - 2.0 * h_safe + 2.0 * em
         series = h_safe**3 / 3.0 - h_safe**4 / 12.0 + h_safe**5 / 60.0 - h_safe**6 / 360.0 + h_safe**7 / 2520.0
-        c2 = jnp.where(h_safe < 0.1, series, direct) / em
+        c2 = jnp.where(h_safe < 0.1, series, direct) / em * (0.5 if diffusers_3m else 1.0)
         w1_3 = c1 * (1.0 / h0 + 1.0 / (h0 + h1)) + c2 / (h0 * (h0 + h1))
         w2_3 = -(c1 * h0 + c2) / (h1 * (h0 + h1))
         third = jnp.asarray(step_order == 3)

@@ -716,3 +716,35 @@ def test_damaged_manifest_falls_back_without_tracebacks(trained10, tmp_path):
     assert "Traceback" not in p.stderr and "Event loop is closed" not in p.stderr, p.stderr[-3000:]
     with open(wd / "eval.json") as f:
         assert json.load(f)["checkpoint_step"] == 5
+
+
+def test_a_step_deleted_while_a_reader_lists_the_steps_is_listed_again(tmp_path, monkeypatch):
+    """Item 2, the moment CI caught: a reader opens the run while the trainer's keep-last-K deletes the oldest
+    step between Orbax listing the step directories and reading that step's mtime. The step is gone, not
+    damaged: the reader lists again and reads the newest step (was: FileNotFoundError of checkpoints/1).
+    Orbax reads a step's mtime when its _CHECKPOINT_METADATA is missing, as it is in this race, so the test
+    removes that file and deletes the directory at the exact moment Orbax stats it."""
+    import shutil
+
+    from etils import epath
+
+    d = tmp_path / "ckpt"
+    saved = _save_steps(d, steps=(1, 2, 3))
+    os.remove(d / "1" / "_CHECKPOINT_METADATA")
+    path_type = type(epath.Path(str(d)))
+    real_stat = path_type.stat
+    deleted = []
+
+    def stat_as_the_trainer_deletes(self, *args, **kwargs):
+        if os.fspath(self) == str(d / "1") and not deleted:
+            shutil.rmtree(d / "1")  # the trainer's keep-last-K, just now
+            deleted.append(1)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(path_type, "stat", stat_as_the_trainer_deletes)
+    with Checkpointer(d, read_only=True) as c:
+        assert deleted == [1]
+        assert c.all_steps() == [2, 3]
+        state, data_state, step = c.restore_latest_intact(_target())
+    assert step == 3 and data_state == {"position": 30}
+    _assert_tree_equal(state, saved[3])

@@ -265,7 +265,8 @@ def test_dpm_solver_pp_equals_affine_recursion(x64, order, schedule, spacing, fi
     """Gaussian data: dpm_solver_pp(order) == the float64 recursion `_dpm_pp_np` to 1e-10 (measured <= 1e-13).
 
     Controls, each > 1e-4 off: the model called at t + 1 and t - 1 (timesteps off by one); the reference at
-    the wrong order (order 1 -> 2, 2 -> 3, 3 -> 2); for order 3 also diffusers' half-weight D2 term (> 1e-6).
+    the wrong order (order 1 -> 2, 2 -> 3, 3 -> 2); for order 3 also diffusers' half-weight D2 term (> 1e-6),
+    which ``diffusers_3m=True`` equals to 1e-10.
     """
     s = _gauss_schedule(schedule)
     abar = np.cumprod(1.0 - np.asarray(s.betas, np.float64))
@@ -282,7 +283,12 @@ def test_dpm_solver_pp_equals_affine_recursion(x64, order, schedule, spacing, fi
     wrong = {1: 2, 2: 3, 3: 2}[order]
     assert err(_dpm_pp_np(abar, list(ts), final_step, x_T, wrong), want) > 1e-4
     if order == 3:
-        assert err(_dpm_pp_np(abar, list(ts), final_step, x_T, 3, d2_weight=0.5), want) > 1e-6
+        half = _dpm_pp_np(abar, list(ts), final_step, x_T, 3, d2_weight=0.5)
+        assert err(half, want) > 1e-6
+        as_diffusers = dpm_solver.dpm_solver_pp(_gauss_model(s, mean_type, 0), s, None, (512, 3), order=3,
+                                                timesteps=ts, final_step=final_step, x_init=jnp.asarray(x_T),
+                                                mean_type=mean_type, diffusers_3m=True)  # fmt: skip
+        assert err(as_diffusers, half) <= 1e-10  # diffusers_3m is exactly the half-weight recursion
 
 
 @pytest.mark.slow
@@ -364,7 +370,8 @@ def test_equals_diffusers_dpm_solver_multistep(x64):
     control: the model called one index late (> 1e-4). Order 3: diffusers' third-order update weights the
     quadratic term by half (see `dpm_solver.dpm_solver_pp`), so diffax differs from it by > 1e-3 (measured
     1.3e-2 / 1.4e-2), while the float64 re-implementation with that half weight equals diffusers to 1e-5
-    (measured <= 1.4e-6) -- the difference is that one term."""
+    (measured <= 1.4e-6) -- the difference is that one term: with ``diffusers_3m=True`` diffax's order 3 equals
+    diffusers to 1e-5 as well (measured 7.1e-7 / 1.4e-6)."""
     import importlib.util
     import os
 
@@ -394,6 +401,10 @@ def test_equals_diffusers_dpm_solver_multistep(x64):
             else:
                 assert rel(run(0)) > 1e-3, (order, n, rel(run(0)))
                 assert rel(cds._numpy_solver(acp, list(ts), x_T, 3, 0.5)) <= 1e-5
+                as_diffusers = dpm_solver.dpm_solver_pp(lambda x, t: cds.mixture_eps(x, s.alphas_cumprod[t[0]], jnp),
+                                                        s, None, x_T.shape, order=3, timesteps=ts,
+                                                        x_init=jnp.asarray(x_T), diffusers_3m=True)  # fmt: skip
+                assert rel(as_diffusers) <= 1e-5, (n, rel(as_diffusers))
 
 
 @pytest.mark.slow
