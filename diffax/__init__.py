@@ -17,6 +17,8 @@ The math (each module one concept; no Flax, no config objects):
   edm                  EDM (Karras et al. 2022): preconditioning (Table 1), loss weight and loss, the sigma
                        grid (eq. 5), the Heun / churn sampler (Algorithm 2), discrete models as denoisers
   flow_matching        flow matching / rectified flow: the velocity loss and Euler / Heun samplers
+  score_sde            score_sde's continuous-time denoising score matching on VP / VE: the loss, the network
+                       parameterisation, the score as an EDM denoiser, the predictor-corrector sampler
   importance_sampling  importance-sampled timesteps for L_vlb (Nichol & Dhariwal 2021, sec. 3.3)
   guidance             classifier and classifier-free guidance as eps-function wrappers
   interpolation        slerp, DDPM and DDIM-latent interpolation
@@ -50,6 +52,7 @@ from diffax import (  # noqa: F401
     processes,
     samplers,
     schedules,
+    score_sde,
     unipc,
 )
 

@@ -111,6 +111,11 @@ def test_toy2d_config_arg_picks_the_data_set():
     assert _parse(path + ":checkerboard").data.name == "checkerboard"
     with pytest.raises(Exception, match="unknown data set"):
         _parse(path + ":nope")
+    for variant, process, method in (("vp_sde", "vp", "ode"), ("two_moons,ve_sde", "ve", "pc")):
+        config = _parse(f"{path}:{variant}")
+        assert (config.training.objective, config.sde.process, config.sampling.method) == ("score_sde", process, method)
+    with pytest.raises(Exception, match="unknown data set"):
+        _parse(path + ":edm,ve_sde")  # one objective variant at most
 
 
 def test_objective_model_and_sampler_must_fit():
@@ -121,7 +126,7 @@ def test_objective_model_and_sampler_must_fit():
     with pytest.raises(ValueError, match="training.objective='noisy_classifier' does not fit model.name='mlp'"):
         train_builders.objective(config)
     config.training.objective = "score"
-    with pytest.raises(ValueError, match=r"unknown training.objective 'score'; allowed: \['diffusion', 'ncsn', 'noisy_classifier', 'edm', 'flow_matching'\]"):
+    with pytest.raises(ValueError, match=r"unknown training.objective 'score'; allowed: \['diffusion', 'ncsn', 'noisy_classifier', 'edm', 'flow_matching', 'score_sde'\]"):
         train_builders.objective(config)
     config = presets.base_config()
     model, s = model_builders.build_model(config, (2,)), model_builders.build_schedule(config)
@@ -287,13 +292,16 @@ def test_sample_fingerprint_parts_are_what_sample_i_depends_on():
     two sampling.batch_size values (the chunk size does not change sample i), different for another
     sampling.eta or seed, and the very parts the fingerprint was made of before it moved into the Experiment
     (seed, model.*, diffusion.*, ncsn.*, sampling.* without batch_size and without the keys added for the
-    continuous-time samplers, data.name), so parts saved before are reused."""
+    continuous-time samplers and for the solver methods, data.name), so parts saved before are reused."""
+    from diffax.training import solver_builders
+
     config = presets.load_config(os.path.join(REPO, "configs", "gmm1d.py"))
     parts = builders.build(config).sampling.fingerprint_parts
     c = config.to_dict()
     assert parts == (c["seed"], c["model"], c["diffusion"], c["ncsn"],
                      {k: v for k, v in c["sampling"].items()
-                      if k != "batch_size" and k not in sampler_builders.CONTINUOUS_SAMPLING_KEYS},
+                      if k != "batch_size" and k not in sampler_builders.CONTINUOUS_SAMPLING_KEYS
+                      and k not in solver_builders.SOLVER_SAMPLING_KEYS},
                      c["data"]["name"])  # fmt: skip
     config.sampling.batch_size = 7
     assert builders.build(config).sampling.fingerprint_parts == parts
@@ -301,6 +309,50 @@ def test_sample_fingerprint_parts_are_what_sample_i_depends_on():
     assert builders.build(config).sampling.fingerprint_parts != parts
     config.sampling.eta, config.seed = c["sampling"]["eta"], c["seed"] + 1
     assert builders.build(config).sampling.fingerprint_parts != parts
+
+
+# ------------------------------------------------------------------------ the solver methods' keys
+@pytest.mark.parametrize(
+    "method, key, value, match",
+    [("dpm_solver_pp", "order", 4, r"sampling.order must be 1, 2 or 3 \(None: 2\) for sampling.method='dpm_solver_pp', got 4"),
+     ("unipc", "order", 0, r"sampling.order must be 1, 2 or 3 \(None: 2\) for sampling.method='unipc', got 0"),
+     ("ddim", "order", 2, r"sampling.order=2 applies to sampling.method 'dpm_solver_pp' / 'unipc' only; 'ddim' has no order"),
+     ("ode", "order", 3, r"sampling.order=3 applies to .* only; 'ode' has no order"),
+     ("pc", "order", 1, r"sampling.order=1 applies to .* only; 'pc' has no order"),
+     ("dpm_solver_pp", "timestep_grid", "log_snr",
+      r"unknown sampling.timestep_grid 'log_snr'; allowed: \['time_uniform', 'logSNR', 'edm', 'leading', 'linspace', 'trailing'\]"),
+     ("unipc", "unipc_variant", "bh3", r"unknown sampling.unipc_variant 'bh3'; allowed: \['bh1', 'bh2'\]"),
+     ("unipc", "num_steps", 1001, r"sampling.num_steps must be an int in \[1, 1000\], got 1001"),
+     ("ode", "num_steps", 10, r"sampling.num_steps=10 does not apply to sampling.method='ode' \(it takes adaptive steps"),
+     ("pc", "clip_x0", 1.0, r"sampling.clip_x0=1.0 does not apply to sampling.method='pc'"),
+     ("ode", "ode_rtol", 0.0, r"sampling.ode_rtol must be a finite number > 0, got 0.0"),
+     ("pc", "pc_snr", -0.1, r"sampling.pc_snr must be a finite number > 0, got -0.1"),
+     ("pc", "pc_n_corrector", -1, r"sampling.pc_n_corrector must be an int >= 0, got -1")],
+)  # fmt: skip
+def test_solver_method_keys_are_checked_by_build(method, key, value, match):
+    """sampling.order / timestep_grid / unipc_variant / num_steps / ode_* / pc_* of the solver methods: one error
+    naming the bad value and what is allowed, from `builders.build` (before any training)."""
+    config = presets.base_config()
+    config.sampling.method = method
+    config.sampling[key] = value
+    with pytest.raises(ValueError, match=match):
+        builders.build(config)
+
+
+def test_solver_method_defaults_build():
+    """With every solver key at its default each of 'dpm_solver_pp', 'unipc', 'ode', 'pc' builds, and the
+    defaults are the documented ones (order 2 and 20 steps on 'time_uniform'; UniPC 'bh2'; the ODE's
+    tolerances 1e-5; pc's snr 0.16 with one corrector step)."""
+    from diffax.training import solver_builders
+
+    want = {"dpm_solver_pp": dict(order=2, num_steps=20, spacing="time_uniform"),
+            "unipc": dict(order=2, num_steps=20, spacing="time_uniform", variant="bh2"),
+            "ode": dict(rtol=1e-5, atol=1e-5), "pc": dict(snr=0.16, n_corrector=1)}  # fmt: skip
+    for method, kw in want.items():
+        config = presets.base_config()
+        config.sampling.method = method
+        builders.build(config)
+        assert solver_builders.check_keys(config, method) == kw, method
 
 
 # ------------------------------------------------------------------------ the two FID reference counts

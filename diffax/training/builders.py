@@ -2,8 +2,8 @@
 
 Who reads a config (an ``ml_collections.ConfigDict``): this module and its per-part builders,
 `diffax.training.model_builders` (model.*, the diffusion schedule), `diffax.training.train_builders`
-(objective, loss, timestep sampling, optim.*, data.*) and `diffax.training.sampler_builders`
-(sampling.*); besides them only `diffax.training.restore`, which upgrades an older saved config to
+(objective, loss, timestep sampling, optim.*, data.*), `diffax.training.sampler_builders`
+(sampling.*) and `diffax.training.score_sde_builders` (sde.* and the 'score_sde' samplers); besides them only `diffax.training.restore`, which upgrades an older saved config to
 today's keys (`restore.upgrade_config`) and compares a run's saved config with the current one
 (`restore.check_compatible`). The train loop, sampling and evaluation (`diffax.training.train`,
 `diffax.training.evaluate`) take the `Experiment` and never read a config: its ``config`` dict is only
@@ -26,6 +26,7 @@ from diffax.schedules import Schedule
 from diffax.training import step
 from diffax.training.model_builders import build_model, build_schedule, init_from
 from diffax.training.sampler_builders import CONTINUOUS_METHODS, CONTINUOUS_SAMPLING_KEYS, check_method, labeled_sampler
+from diffax.training.solver_builders import unread_sampling_keys
 from diffax.training.train_builders import (
     CONTINUOUS_OBJECTIVES,
     build_data,
@@ -67,7 +68,8 @@ class SampleSettings:
     classifier_scale: float
     # What sample i depends on besides the checkpoint step and N, as JSON-able values: (seed, model.*,
     # diffusion.*, ncsn.*, sampling.* but batch_size, data.name; for 'edm' / 'flow_matching' runs or the
-    # 'edm' / 'euler' / 'heun' samplers also the objective, edm.*, flow.*); not the chunk size, device or process
+    # 'edm' / 'euler' / 'heun' samplers also the objective, edm.*, flow.*; for 'score_sde' runs sde.* too); not
+    # the chunk size, device or process
     # count, so a resumed run on another topology reuses the finished parts (`evaluate.generate`).
     fingerprint_parts: tuple
 
@@ -184,11 +186,15 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
     c = config.to_dict()  # a fresh copy: nothing below shares it with `Experiment.config`
     discrete = obj not in CONTINUOUS_OBJECTIVES and s.method not in CONTINUOUS_METHODS
-    # A discrete run's fingerprint leaves out the continuous-time keys (its samples do not depend on them).
+    # A discrete run's fingerprint leaves out the continuous-time keys (its samples do not depend on them), and
+    # every run the solver keys its method does not read (`solver_builders.unread_sampling_keys`; a 'score_sde'
+    # run's 'ode' / 'pc' read other keys: it keeps them all, and sde.*).
+    unread = () if obj == "score_sde" else unread_sampling_keys(s.method)
     fingerprint_parts = (c["seed"], c["model"], c["diffusion"], c["ncsn"],
                          {k: v for k, v in c["sampling"].items()
-                          if k != "batch_size" and not (discrete and k in CONTINUOUS_SAMPLING_KEYS)},
-                         c["data"]["name"]) + (() if discrete else (obj, c["edm"], c["flow"]))  # fmt: skip
+                          if k != "batch_size" and not (discrete and k in CONTINUOUS_SAMPLING_KEYS) and k not in unread},
+                         c["data"]["name"]) + (() if discrete else (obj, c["edm"], c["flow"])) + (
+                         (c["sde"],) if obj == "score_sde" else ())  # fmt: skip
 
     def sampler(classifier=None):
         return labeled_sampler(config, model, schedule, shape, classifier)

@@ -80,7 +80,14 @@ def base_config() -> ml_collections.ConfigDict:
                                (edm.kind, edm.sigma_data), loss `diffax.edm.edm_loss` with ln sigma ~
                                N(edm.p_mean, edm.p_std^2)) or 'flow_matching' (`diffax.flow_matching`: x_t =
                                (1 - t) x_0 + t eps, the network predicts eps - x_0 and sees 1000 t as its time
-                               input; t ~ flow.t_sampling 'uniform' | 'logit_normal' (flow.logit_mean, logit_std)).
+                               input; t ~ flow.t_sampling 'uniform' | 'logit_normal' (flow.logit_mean, logit_std)),
+                               or 'score_sde' (Song et al. 2021's continuous-time denoising score matching,
+                               `diffax.score_sde`: t ~ U(sde.t_eps, T) on sde.process 'vp' (sde.beta_min,
+                               beta_max) | 'vp_cosine' | 've' (sde.sigma_min, sigma_max), lambda(t) = sigma^2 or
+                               g^2 (sde.likelihood_weighting); VP family: an eps-network at time input 999 t; VE:
+                               the output divided by sigma, time input log sigma; sampled by sampling.method
+                               'ode' | 'pc' | 'edm', ending at sde.sampling_eps (None: 1e-3 VP, 1e-5 VE);
+                               `diffax.training.score_sde_builders`).
     optim.*                    `diffax.training.optim.make_optimizer` (lr, warmup_steps, grad_clip, ...).
     model.*                    model.name ('mlp' | 'unet' | 'classifier') and that model's fields.
     model.skip_rescale         (unet) divide each residual block's and attention block's sum by sqrt(2)
@@ -120,6 +127,17 @@ def base_config() -> ml_collections.ConfigDict:
                                clip_x0 clips D. 'euler' | 'heun' (flow_matching runs): `diffax.flow_matching.
                                flow_euler` / `flow_heun` from t = 1 to 0 in num_steps uniform steps (None = 18;
                                NFE N / 2N).
+    sampling.method 'dpm_solver_pp' | 'unipc' | 'ode' | 'pc'   ('diffusion' runs; `diffax.training.solver_builders`):
+                               multistep DPM-Solver++ / UniPC with sampling.order (1..3, None = 2; refused for
+                               every other method), NFE = sampling.num_steps (None = 20) on sampling.timestep_grid
+                               ('time_uniform' (default; within one index of diffusers' default 'linspace'
+                               grid), 'logSNR', 'edm', 'leading', 'linspace', 'trailing': `dpm_solver.
+                               dpm_solver_timesteps`), UniPC's sampling.unipc_variant 'bh2' | 'bh1'; 'ode': the
+                               adaptive probability-flow ODE (`diffax.ode.ode_sample`, sampling.ode_rtol / ode_atol);
+                               'pc': the VP predictor-corrector over all T steps (`diffax.samplers.pc`,
+                               sampling.pc_snr, pc_n_corrector). Every method starts from the x_T 'ddpm' / 'ddim'
+                               draw from the same key (runs of one seed are paired); guidance and
+                               diffusion.mean_type work with all of them.
     sampling.guidance_w        classifier-free guidance weight w (class-conditional models trained with
                                diffusion.p_uncond > 0; 0 = off, -1 = unconditional, < -1 guides away from
                                the class).
@@ -156,11 +174,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.ncsn = dict(sigma_max=1.0, sigma_min=0.01, num_levels=10)
     c.edm = dict(kind="edm", sigma_data=0.5, p_mean=-1.2, p_std=1.2, sigma_min=0.002, sigma_max=80.0)
     c.flow = dict(t_sampling="uniform", logit_mean=0.0, logit_std=1.0)
+    c.sde = dict(process="vp", beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=50.0, t_eps=1e-5,
+                 likelihood_weighting=False, sampling_eps=config_dict.placeholder(float))  # fmt: skip
     c.sampling = dict(method="ddpm", num_steps=config_dict.placeholder(int), eta=0.0, num_samples=1000,
                       clip_x0=config_dict.placeholder(float), batch_size=0, spacing="leading",
                       langevin_eps=2e-5, steps_per_level=100, denoise=True, guidance_w=0.0,
                       classifier_workdir=config_dict.placeholder(str), classifier_scale=0.0, rho=7.0,
-                      s_churn=0.0, s_min=0.0, s_max=config_dict.placeholder(float), s_noise=1.0)  # fmt: skip
+                      s_churn=0.0, s_min=0.0, s_max=config_dict.placeholder(float), s_noise=1.0,
+                      # dpm_solver_pp / unipc: order None = 2, the grid (a `dpm_solver.SPACINGS` name), UniPC's B(h)
+                      order=config_dict.placeholder(int), timestep_grid="time_uniform", unipc_variant="bh2",
+                      ode_rtol=1e-5, ode_atol=1e-5,  # ode: the adaptive solve's tolerances (score_sde's)
+                      pc_snr=0.16, pc_n_corrector=1)  # fmt: skip  (pc: score_sde's VP corrector setting)
     c.eval = dict(num_reference=0, bpd_num_examples=0, bpd_batch_size=64, classifier_path=config_dict.placeholder(str),
                   classifier_fid_num_test=0, fid_num_train=0, inception_weights=config_dict.placeholder(str),
                   num_samples=50_000, fid_reference=config_dict.placeholder(str), fid_batch_size=200)  # fmt: skip

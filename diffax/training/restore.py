@@ -161,14 +161,15 @@ def restore_params(exp: builders.Experiment, workdir: str, *, debias: bool = Fal
 
 
 # The config sections that define the trained network and its objective: they must match the run's.
-_RUN_SECTIONS = ("model", "diffusion", "data", "ncsn", "edm", "flow")
+_RUN_SECTIONS = ("model", "diffusion", "data", "ncsn", "edm", "flow", "sde")
 _RUN_KEYS = ("training.objective",)
 # Where the data lives, and the compute dtype (parameters stay float32 either way), may change between calls;
 # how it was trained with may not (except when sampling).
 _ALWAYS_FREE = ("data.path", "data.data_dir", "model.dtype")
 _FREE_AFTER_TRAINING = ("data.num_train", "data.random_flip", "diffusion.loss_type", "diffusion.lambda_vlb",
                         "diffusion.timestep_sampling", "edm.p_mean", "edm.p_std", "edm.sigma_min", "edm.sigma_max",
-                        "flow.t_sampling", "flow.logit_mean", "flow.logit_std")  # fmt: skip
+                        "flow.t_sampling", "flow.logit_mean", "flow.logit_std", "sde.t_eps", "sde.likelihood_weighting",
+                        "sde.sampling_eps")  # fmt: skip
 _FIXED_VARIANCES = ("fixed_small", "fixed_large")
 # A resume must also match these: the toy training set is drawn from the seed, and the saved data position
 # counts batches of training.batch_size (at another seed or batch size the resumed steps see other data).
@@ -212,10 +213,11 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def check_compatible(saved: dict, current: dict, *, purpose: str) -> None:
     """Raises ValueError unless ``current`` describes the same network and objective as the run's ``saved``
-    config: every key of model.*, diffusion.*, data.*, ncsn.*, edm.*, flow.* and training.objective must be equal, except
+    config: every key of model.*, diffusion.*, data.*, ncsn.*, edm.*, flow.*, sde.* and training.objective must be equal, except
     the data's location and model.dtype (activations only: parameters are float32 either way), and for ``purpose`` 'sample' / 'eval' the training-only keys (data.num_train,
     random_flip, diffusion.loss_type, lambda_vlb, timestep_sampling, edm.p_mean / p_std (the training sigma
-    distribution), edm.sigma_min / sigma_max (the 'edm' sampler's range), flow.*) and a fixed variance
+    distribution), edm.sigma_min / sigma_max (the 'edm' sampler's range), flow.*, sde.t_eps /
+    likelihood_weighting (training) / sampling_eps (sampling); sde.process and its parameters always count) and a fixed variance
     (diffusion.var_type fixed_small <-> fixed_large, a sampling choice; Ho et al. 2020 sec. 3.2). A resume
     must also keep the seed (the toy training set is drawn from it) and training.batch_size (the saved data
     position counts its batches); sample / eval may change them (another seed draws other samples).

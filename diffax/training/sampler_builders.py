@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffax import edm, flow_matching, guidance, samplers, schedules
+from diffax import edm, flow_matching, guidance, samplers, schedules, score_sde
 from diffax._util import check_choice, check_int
 from diffax.schedules import Schedule
-from diffax.training import step
+from diffax.training import score_sde_builders, solver_builders, step
 from diffax.training.train_builders import FLOW_TIME_SCALE, build_sigmas, objective
 
 __all__ = ["SAMPLING_METHODS", "METHODS_OF", "CONTINUOUS_METHODS", "CONTINUOUS_SAMPLING_KEYS", "SPACINGS",
@@ -29,10 +29,11 @@ __all__ = ["SAMPLING_METHODS", "METHODS_OF", "CONTINUOUS_METHODS", "CONTINUOUS_S
 
 logger = logging.getLogger(__name__)
 
-SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin", "edm", "euler", "heun")
+SAMPLING_METHODS = ("ddpm", "ddim", "annealed_langevin", "edm", "euler", "heun") + solver_builders.SOLVER_METHODS
 # Which sampling.method samples which training.objective.
-METHODS_OF = {"diffusion": ("ddpm", "ddim", "edm"), "ncsn": ("annealed_langevin",), "edm": ("edm",),
-              "flow_matching": ("euler", "heun", "edm")}  # fmt: skip
+METHODS_OF = {"diffusion": ("ddpm", "ddim", "edm") + solver_builders.SOLVER_METHODS, "ncsn": ("annealed_langevin",),
+              "edm": ("edm",), "flow_matching": ("euler", "heun", "edm"),
+              "score_sde": score_sde_builders.SDE_METHODS}  # fmt: skip
 CONTINUOUS_METHODS = ("edm", "euler", "heun")
 # sampling.* keys read only by the continuous-time methods (left out of a discrete run's sample fingerprint).
 CONTINUOUS_SAMPLING_KEYS = ("rho", "s_churn", "s_min", "s_max", "s_noise")
@@ -73,7 +74,13 @@ def build_sampler(
     'annealed_langevin' (training.objective 'ncsn'): Song & Ermon 2019, Algorithm 1 over `build_sigmas`,
     from x ~ N(0, sigma_1^2 I) (the sigma_1-perturbed data is close to it when sigma_1 is large).
     'edm' (EDM Algorithm 2) and 'euler' / 'heun' (flow ODE): `_continuous_sampler`; `METHODS_OF` says which
-    method samples which training.objective.
+    method samples which training.objective. A 'score_sde' run's 'ode' / 'pc': `score_sde_builders.sampler`.
+    'dpm_solver_pp' (multistep DPM-Solver++, sampling.order 1-3, None = 2; sampling.num_steps = NFE, None = 20,
+    on sampling.timestep_grid), 'unipc' (the same keys and sampling.unipc_variant), 'ode' (adaptive
+    probability-flow ODE, sampling.ode_rtol / ode_atol) and 'pc' (VP predictor-corrector, sampling.pc_snr /
+    pc_n_corrector) sample 'diffusion' runs through `solver_builders.solver`, with the same guidance and
+    parameterisations as 'ddpm' / 'ddim' and from the x_T that 'ddpm' / 'ddim' draw from the same key
+    (`solver_builders.initial_noise`), so runs of one seed with different methods are paired.
     """
     sample_labeled, num_labels = labeled_sampler(config, model, schedule, data_shape, classifier)
 
@@ -102,13 +109,18 @@ def per_example_sampler(sample_labeled: Callable, num_labels: int | None) -> Cal
 
 def check_method(config: ml_collections.ConfigDict) -> str:
     """sampling.method, checked against `SAMPLING_METHODS` and against training.objective (`METHODS_OF`; a
-    noisy classifier has no sampler, any method passes). `builders.build` calls it, so a run that could not
-    sample is refused before it trains."""
+    noisy classifier has no sampler, any method passes), and the keys of the solver methods
+    (`solver_builders.check_keys`: sampling.order only for 'dpm_solver_pp' / 'unipc', ...). `builders.build`
+    calls it, so a run that could not sample is refused before it trains."""
     method = check_choice("sampling.method", config.sampling.method, SAMPLING_METHODS)
     obj = objective(config)
     if obj != "noisy_classifier" and method not in METHODS_OF[obj]:
         fits = "; ".join(f"{o!r} samples with {' / '.join(repr(m) for m in ms)}" for o, ms in METHODS_OF.items())
         raise ValueError(f"sampling.method={method!r} does not fit training.objective={obj!r}: {fits}")
+    if obj == "score_sde":
+        score_sde_builders.check_keys(config, method)  # its 'ode' / 'pc' read sampling.* their own way
+    elif obj != "noisy_classifier":
+        solver_builders.check_keys(config, method)  # sampling.order / timestep_grid / ... of the solver methods
     return method
 
 
@@ -120,7 +132,12 @@ def labeled_sampler(
     classifier: tuple[Any, Any] | None = None,
 ) -> tuple[Callable, int | None]:
     """(sample_labeled(params, key, n, y) -> x, K): the config's sampler for given labels y (n,) or None,
-    and the number of labels K the samples are drawn for (None: unlabeled); `build_sampler` says what it draws."""
+    and the number of labels K the samples are drawn for (None: unlabeled); `build_sampler` says what it draws.
+
+    For the discrete-time methods ('ddpm', 'ddim' and `solver_builders.SOLVER_METHODS`) one guided
+    ``model_fn(x_t, t)`` is built here (classifier-free guidance on the model's output, classifier guidance on
+    the eps it implies; either way in diffusion.mean_type's parameterisation, a learned variance's half kept)
+    and passed to the method: 'ddpm' / 'ddim' here, the others to `solver_builders.solver`'s ``solve``."""
     s = config.sampling
     obj = objective(config)
     if obj == "noisy_classifier":
@@ -129,6 +146,8 @@ def labeled_sampler(
     method = check_method(config)
     num_classes = config.model.num_classes
     data_shape = tuple(int(d) for d in data_shape)
+    if obj == "score_sde" and method != "edm":
+        return score_sde_builders.sampler(config, model, data_shape, method, classifier), num_classes
     if method in CONTINUOUS_METHODS:
         return _continuous_sampler(config, model, schedule, data_shape, obj, method, classifier), num_classes
     if method == "annealed_langevin":
@@ -143,21 +162,13 @@ def labeled_sampler(
                                               steps_per_level=steps_per_level, denoise=s.denoise)  # fmt: skip
 
         return langevin_fn, num_classes
-    T = schedule.num_timesteps
-    num_steps = T if s.num_steps is None else check_int("sampling.num_steps", s.num_steps, 1)
-    if num_steps > T:
-        raise ValueError(f"sampling.num_steps must be <= diffusion.num_timesteps={T}, got {num_steps}")
-    spacing = check_choice("sampling.spacing", s.spacing, SPACINGS)
-    timesteps = None if num_steps == T else schedules.space_timesteps(T, num_steps, spacing)
-    if timesteps is not None and spacing == "leading" and T % num_steps:
-        first, abar = int(timesteps[-1]), np.asarray(schedule.alphas_cumprod, np.float64)
-        logger.warning(
-            "sampling.spacing='leading' with sampling.num_steps=%d of diffusion.num_timesteps=%d: N does not divide "
-            "T, so the stride is T // N = %d and sampling starts at step %d (alpha-bar %.2g), not at T - 1 = %d "
-            "(alpha-bar %.2g); this is diffusers' 'leading': 'trailing' or 'linspace' start at T - 1",
-            num_steps, T, T // num_steps, first, abar[first], T - 1, abar[-1])  # fmt: skip
     mean_type, var_type = config.diffusion.mean_type, config.diffusion.var_type
     clip_x0 = _check_clip(s.clip_x0)
+    solve = None  # dpm_solver_pp / unipc / ode / pc: `solver_builders.solver`; ddpm / ddim: the grid below
+    if method in solver_builders.SOLVER_METHODS:
+        solve = solver_builders.solver(config, schedule, method, clip_x0)
+    else:
+        num_steps, spacing, timesteps = _respacing(s, schedule)
     w, scale = float(s.guidance_w), float(s.classifier_scale)
     if not (math.isfinite(w) and math.isfinite(scale)):
         raise ValueError(f"sampling.guidance_w and sampling.classifier_scale must be finite, got {w}, {scale}")
@@ -193,6 +204,8 @@ def labeled_sampler(
             model_fn = guidance.classifier(model_fn, log_prob_fn, schedule, y, scale=scale, mean_type=mean_type)
 
         shape = (n,) + data_shape
+        if solve is not None:
+            return solve(model_fn, key, shape)
         if method == "ddpm":
             return samplers.ddpm(model_fn, schedule, key, shape, mean_type=mean_type, var_type=var_type,
                                  clip_x0=clip_x0, timesteps=timesteps)  # fmt: skip
@@ -200,6 +213,26 @@ def labeled_sampler(
                              mean_type=mean_type, var_type=var_type, clip_x0=clip_x0)  # fmt: skip
 
     return sample_labeled, num_labels
+
+
+def _respacing(s: ml_collections.ConfigDict, schedule: Schedule) -> tuple[int, str, np.ndarray | None]:
+    """(num_steps, spacing, timesteps) of 'ddpm' / 'ddim': sampling.num_steps (None = T) indices spaced by
+    sampling.spacing (`schedules.space_timesteps`; None for all T), with a warning where 'leading' starts
+    below T - 1."""
+    T = schedule.num_timesteps
+    num_steps = T if s.num_steps is None else check_int("sampling.num_steps", s.num_steps, 1)
+    if num_steps > T:
+        raise ValueError(f"sampling.num_steps must be <= diffusion.num_timesteps={T}, got {num_steps}")
+    spacing = check_choice("sampling.spacing", s.spacing, SPACINGS)
+    timesteps = None if num_steps == T else schedules.space_timesteps(T, num_steps, spacing)
+    if timesteps is not None and spacing == "leading" and T % num_steps:
+        first, abar = int(timesteps[-1]), np.asarray(schedule.alphas_cumprod, np.float64)
+        logger.warning(
+            "sampling.spacing='leading' with sampling.num_steps=%d of diffusion.num_timesteps=%d: N does not divide "
+            "T, so the stride is T // N = %d and sampling starts at step %d (alpha-bar %.2g), not at T - 1 = %d "
+            "(alpha-bar %.2g); this is diffusers' 'leading': 'trailing' or 'linspace' start at T - 1",
+            num_steps, T, T // num_steps, first, abar[first], T - 1, abar[-1])  # fmt: skip
+    return num_steps, spacing, timesteps
 
 
 def _float(name: str, value: Any, *, low: float = 0.0, allow_inf: bool = False) -> float:
@@ -213,12 +246,15 @@ def _float(name: str, value: Any, *, low: float = 0.0, allow_inf: bool = False) 
 def edm_sigma_range(config: ml_collections.ConfigDict, schedule: Schedule, obj: str) -> tuple[float, float]:
     """(sigma_min, sigma_max) of sampling.method 'edm': edm.sigma_min / sigma_max, for a 'diffusion' run clipped
     to the schedule's sigma_k = sqrt(1 / abar_k - 1), k = 0..T-1 (NVlabs generate.py clamps to the network's
-    sigma range the same way: there is no sigma outside it to round to)."""
+    sigma range the same way: there is no sigma outside it to round to); for a 'score_sde' run clipped to
+    its process's sigma / alpha at [sde.sampling_eps, T] (`score_sde_builders.sigma_range`)."""
     lo = _float("edm.sigma_min", config.edm.sigma_min)
     hi = _float("edm.sigma_max", config.edm.sigma_max)
     if obj == "diffusion":
         sig = np.sqrt(1.0 / np.asarray(schedule.alphas_cumprod, np.float64) - 1.0)
         lo, hi = max(lo, float(sig[0])), min(hi, float(sig[-1]))
+    if obj == "score_sde":
+        lo, hi = score_sde_builders.sigma_range(config, lo, hi)
     if not (0 < lo < hi):
         raise ValueError(f"sampling.method='edm' needs 0 < sigma_min < sigma_max, got {lo:g}, {hi:g} (edm.sigma_min, "
                          "edm.sigma_max" + (", clipped to the schedule's sigma range)" if obj == "diffusion" else ")"))
@@ -233,13 +269,14 @@ def _continuous_sampler(config, model, schedule: Schedule, data_shape: tuple[int
     given to `diffax.edm.edm_sampler` only when s_churn > 0 (step i's noise: fold_in(churn key, i)); so a
     per-example key (`per_example_sampler`) makes sample i depend on (seed, i) only.
     The denoiser D(x; sigma) of 'edm': the preconditioned network ('edm' runs), `edm.denoiser_from_discrete`
-    ('diffusion' runs; diffusion.mean_type, a learned variance's half dropped) or, for 'flow_matching' runs,
-    `flow_matching.denoiser_from_velocity`.
+    ('diffusion' runs; diffusion.mean_type, a learned variance's half dropped), for 'flow_matching' runs
+    `flow_matching.denoiser_from_velocity`, for 'score_sde' runs `score_sde.denoiser_from_score`.
     """
     s = config.sampling
     if float(s.guidance_w) != 0 or float(s.classifier_scale) != 0 or classifier is not None:
         raise ValueError(f"sampling.method={method!r} has no guidance: set sampling.guidance_w=0 and "
-                         "sampling.classifier_scale=0 (guidance works with 'ddpm' / 'ddim')")
+                         "sampling.classifier_scale=0 (guidance works with the discrete-time methods 'ddpm' / "
+                         "'ddim' / 'dpm_solver_pp' / 'unipc' / 'ode' / 'pc')")
     num_steps = DEFAULT_CONTINUOUS_STEPS if s.num_steps is None else check_int("sampling.num_steps", s.num_steps,
                                                                                  2 if method == "edm" else 1)
     clip_x0 = _check_clip(s.clip_x0)
@@ -271,6 +308,9 @@ def _continuous_sampler(config, model, schedule: Schedule, data_shape: tuple[int
             denoise_fn = net
         elif obj == "diffusion":
             denoise_fn = edm.denoiser_from_discrete(net, schedule, mean_type=config.diffusion.mean_type)
+        elif obj == "score_sde":
+            process = score_sde_builders.build_process(config)
+            denoise_fn = score_sde.denoiser_from_score(score_sde.score_fn_from_network(net, process), process)
         else:
             denoise_fn = flow_matching.denoiser_from_velocity(lambda x, t: net(x, FLOW_TIME_SCALE * t))
         if clip_x0 is not None:

@@ -2,8 +2,8 @@
 
 One of the per-part config readers of `diffax.training.builders` (which assembles them into an
 `Experiment`); each function validates its section (``ValueError`` naming the bad value and what is
-allowed): training.objective, ncsn.*, edm.*, flow.*, diffusion.* (the loss and its timestep sampling), optim.*,
-training.batch_size and data.*.
+allowed): training.objective, ncsn.*, edm.*, flow.*, sde.* (through `score_sde_builders`), diffusion.* (the
+loss and its timestep sampling), optim.*, training.batch_size and data.*.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import optax
 from diffax import edm, flow_matching, losses, schedules
 from diffax._util import check_choice, check_int
 from diffax.schedules import Schedule
-from diffax.training import optim, step
+from diffax.training import optim, score_sde_builders, step
 from diffax.training.model_builders import learn_sigma
 
 __all__ = ["OBJECTIVES", "CONTINUOUS_OBJECTIVES", "FLOW_TIME_SCALE", "TIMESTEP_SAMPLING", "objective", "build_sigmas",
            "edm_loss_fn", "flow_loss_fn", "build_loss_fn", "importance_sampling",
            "initial_extra", "build_lr_schedule", "build_optimizer", "per_process_batch_size", "build_data"]  # fmt: skip
 
-OBJECTIVES = ("diffusion", "ncsn", "noisy_classifier", "edm", "flow_matching")
-CONTINUOUS_OBJECTIVES = ("edm", "flow_matching")  # no discrete schedule, no learned variance, no VLB
+OBJECTIVES = ("diffusion", "ncsn", "noisy_classifier", "edm", "flow_matching", "score_sde")
+CONTINUOUS_OBJECTIVES = ("edm", "flow_matching", "score_sde")  # no discrete schedule, no learned variance, no VLB
 # A flow-matching network sees 1000 t (t in [0, 1]) as its time input: the range of the discrete models'
 # integer timesteps, for which the sinusoidal embedding's frequencies (`diffax.models.layers.
 # timestep_embedding`, max period 10^4) were chosen.
@@ -118,9 +118,12 @@ def _number(name: str, value, *, positive: bool = False) -> float:
 def build_loss_fn(config: ml_collections.ConfigDict, model, schedule: Schedule) -> step.LossFn:
     """The training objective's `LossFn`: `step.diffusion_loss_fn` (diffusion.*, model.num_classes),
     `step.dsm_loss_fn` over `build_sigmas` ('ncsn'), `step.noisy_classifier_loss_fn` ('noisy_classifier'),
-    `edm_loss_fn` (edm.p_mean, p_std, sigma_data) or `flow_loss_fn` (flow.*)."""
+    `edm_loss_fn` (edm.p_mean, p_std, sigma_data), `flow_loss_fn` (flow.*) or, for 'score_sde',
+    `score_sde_builders.build_loss_fn` (sde.*)."""
     obj = objective(config)
     num_classes, p_uncond = config.model.num_classes, float(config.diffusion.p_uncond)
+    if obj == "score_sde":
+        return score_sde_builders.build_loss_fn(config, model)
     if obj == "edm":
         e = config.edm
         return edm_loss_fn(model.apply, p_mean=_number("edm.p_mean", e.p_mean),
