@@ -10,7 +10,7 @@ one, and a run resumed or sampled with another sde.process is refused.
 
 Measured (2-core CPU, the commands of tests/test_continuous_time_cli.py: swiss_roll, 300 steps, 2000 samples,
 eval.json's distance_ratio):
-    DDPM (ancestral, 1000 steps) 1.68;  :vp_sde ('ode') 1.97;  :ve_sde ('pc', predictor only, 1000 steps) 1.89
+    DDPM (ancestral, 1000 steps) 1.68;  :vp_sde ('ode', rtol 1e-3) 1.94;  :ve_sde ('pc', predictor only, 1000 steps) 1.89
     the :ve_sde run sampled by 'ode' 1.77, by 'edm' (18 steps, 35 NFE) 2.52 (35 steps: 2.47)
     the :vp_sde run sampled by 'edm' (18 steps) 2.12, with 3 steps 143
     the same commands with --config.seed=1 / 2 (other data, init and samples): DDPM 2.10 / 2.25, :vp_sde 2.68 /
@@ -260,7 +260,7 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["vp_sde", "ve_sde"])
 def test_toy2d_score_sde_reaches_the_ddpm_quality(runs, variant, tmp_path):
-    """distance_ratio <= 1.5 x DDPM's at equal steps (2.52; measured :vp_sde 1.97 with 'ode', :ve_sde 1.89 with
+    """distance_ratio <= 1.5 x DDPM's at equal steps (2.52; measured :vp_sde 1.94 with 'ode' (rtol 1e-3), :ve_sde 1.89 with
     'pc'). Negative control: the same config trained 1 step fails it."""
     from test_continuous_time_cli import BOUND, main, ratio
 
