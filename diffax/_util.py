@@ -100,6 +100,17 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
     return int(value)
 
 
+def check_number(name: str, value: Any, *, low: float = 0.0, strict: bool = False, allow_inf: bool = False) -> float:
+    """``value`` (a config's int or float, not a bool) as a float; ValueError naming it unless it is finite
+    (or +inf with ``allow_inf``) and >= low (> low with ``strict``)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (math.isfinite(value) or (allow_inf and value == math.inf)) and (value > low if strict else value >= low)
+    if not ok:
+        raise ValueError(f"{name} must be a {'' if allow_inf else 'finite '}number {'>' if strict else '>='} {low:g}, "
+                         f"got {value!r}")  # fmt: skip
+    return float(value)
+
+
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     """ValueError unless a CONCRETE scalar is finite and > 0 (>= 0 with ``allow_zero``).
 

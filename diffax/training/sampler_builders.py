@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from diffax import edm, flow_matching, guidance, samplers, schedules, score_sde
-from diffax._util import check_choice, check_int
+from diffax._util import check_choice, check_int, check_number
 from diffax.schedules import Schedule
 from diffax.training import score_sde_builders, solver_builders, step
 from diffax.training.train_builders import FLOW_TIME_SCALE, build_sigmas, objective
@@ -235,21 +235,13 @@ def _respacing(s: ml_collections.ConfigDict, schedule: Schedule) -> tuple[int, s
     return num_steps, spacing, timesteps
 
 
-def _float(name: str, value: Any, *, low: float = 0.0, allow_inf: bool = False) -> float:
-    """``value`` as a float >= low; ValueError naming ``name`` otherwise (inf only with ``allow_inf``)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value >= low
-    if not ok or not (math.isfinite(value) or (allow_inf and value == math.inf)):
-        raise ValueError(f"{name} must be a {'' if allow_inf else 'finite '}number >= {low:g}, got {value!r}")
-    return float(value)
-
-
 def edm_sigma_range(config: ml_collections.ConfigDict, schedule: Schedule, obj: str) -> tuple[float, float]:
     """(sigma_min, sigma_max) of sampling.method 'edm': edm.sigma_min / sigma_max, for a 'diffusion' run clipped
     to the schedule's sigma_k = sqrt(1 / abar_k - 1), k = 0..T-1 (NVlabs generate.py clamps to the network's
     sigma range the same way: there is no sigma outside it to round to); for a 'score_sde' run clipped to
     its process's sigma / alpha at [sde.sampling_eps, T] (`score_sde_builders.sigma_range`)."""
-    lo = _float("edm.sigma_min", config.edm.sigma_min)
-    hi = _float("edm.sigma_max", config.edm.sigma_max)
+    lo = check_number("edm.sigma_min", config.edm.sigma_min)
+    hi = check_number("edm.sigma_max", config.edm.sigma_max)
     if obj == "diffusion":
         sig = np.sqrt(1.0 / np.asarray(schedule.alphas_cumprod, np.float64) - 1.0)
         lo, hi = max(lo, float(sig[0])), min(hi, float(sig[-1]))
@@ -286,11 +278,11 @@ def _continuous_sampler(config, model, schedule: Schedule, data_shape: tuple[int
     num_classes = config.model.num_classes
     if method == "edm":
         sigma_min, sigma_max = edm_sigma_range(config, schedule, obj)
-        churn = _float("sampling.s_churn", s.s_churn)
+        churn = check_number("sampling.s_churn", s.s_churn)
         kw = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                  rho=_float("sampling.rho", s.rho, low=1e-12), S_churn=churn, S_min=_float("sampling.s_min", s.s_min),
-                  S_max=math.inf if s.s_max is None else _float("sampling.s_max", s.s_max, allow_inf=True),
-                  S_noise=_float("sampling.s_noise", s.s_noise))  # fmt: skip
+                  rho=check_number("sampling.rho", s.rho, low=1e-12), S_churn=churn, S_min=check_number("sampling.s_min", s.s_min),
+                  S_max=math.inf if s.s_max is None else check_number("sampling.s_max", s.s_max, allow_inf=True),
+                  S_noise=check_number("sampling.s_noise", s.s_noise))  # fmt: skip
         edm.edm_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=kw["rho"])  # validates the grid
 
     def sample_labeled(params, key: jax.Array, n: int, y) -> jax.Array:

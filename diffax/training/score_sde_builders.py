@@ -24,7 +24,6 @@ before any training.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffax import ode, score_sde
-from diffax._util import check_choice, check_int
+from diffax._util import check_choice, check_int, check_number
 from diffax.processes import Process
 from diffax.training import step
 
@@ -45,24 +44,19 @@ DEFAULT_PC_STEPS = 1000  # sampling.num_steps None for 'pc': score_sde's N
 SAMPLING_EPS = {"vp": 1e-3, "vp_cosine": 1e-3, "ve": 1e-5}
 
 
-def _number(name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or not (value > low if strict else value >= low):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
-    return float(value)
-
-
 def build_process(config: ml_collections.ConfigDict) -> Process:
     """`score_sde.make_process` of sde.process with sde.beta_min / beta_max ('vp') or sigma_min / sigma_max ('ve')."""
     d = config.sde
     name = check_choice("sde.process", d.process, score_sde.PROCESSES)
     if name == "vp":
-        lo, hi = _number("sde.beta_min", d.beta_min, strict=False), _number("sde.beta_max", d.beta_max)
+        lo = check_number("sde.beta_min", d.beta_min)
+        hi = check_number("sde.beta_max", d.beta_max, strict=True)
         if not lo < hi:
             raise ValueError(f"sde.beta_min must be < sde.beta_max, got {lo:g}, {hi:g}")
         return score_sde.make_process(name, beta_min=lo, beta_max=hi)
     if name == "ve":
-        lo, hi = _number("sde.sigma_min", d.sigma_min), _number("sde.sigma_max", d.sigma_max)
+        lo = check_number("sde.sigma_min", d.sigma_min, strict=True)
+        hi = check_number("sde.sigma_max", d.sigma_max, strict=True)
         if not lo < hi:
             raise ValueError(f"sde.sigma_min must be < sde.sigma_max, got {lo:g}, {hi:g}")
         return score_sde.make_process(name, sigma_min=lo, sigma_max=hi)
@@ -70,7 +64,7 @@ def build_process(config: ml_collections.ConfigDict) -> Process:
 
 
 def _time(name: str, value: Any, process: Process) -> float:
-    t = _number(name, value, low=process.t_min)
+    t = check_number(name, value, low=process.t_min, strict=True)
     if not t < process.t_max:
         raise ValueError(f"{name} must be in ({process.t_min:g}, {process.t_max:g}) (inside the process's time "
                          f"range), got {value!r}")
@@ -147,9 +141,10 @@ def check_keys(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]
     if not isinstance(s.denoise, bool):
         raise ValueError(f"sampling.denoise must be True or False, got {s.denoise!r}")
     if method == "ode":
-        return dict(rtol=_number("sampling.ode_rtol", s.ode_rtol), atol=_number("sampling.ode_atol", s.ode_atol))
+        return dict(rtol=check_number("sampling.ode_rtol", s.ode_rtol, strict=True),
+                    atol=check_number("sampling.ode_atol", s.ode_atol, strict=True))
     return dict(num_steps=DEFAULT_PC_STEPS if s.num_steps is None else check_int("sampling.num_steps", s.num_steps, 1),
-                snr=_number("sampling.pc_snr", s.pc_snr),
+                snr=check_number("sampling.pc_snr", s.pc_snr, strict=True),
                 n_corrector=check_int("sampling.pc_n_corrector", s.pc_n_corrector, 0))  # fmt: skip
 
 

@@ -27,14 +27,13 @@ value and what is allowed (`check_keys`, called by `sampler_builders.check_metho
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
 import ml_collections
 
 from diffax import diffusion, dpm_solver, ode, samplers, unipc
-from diffax._util import ModelFn, check_choice, check_int
+from diffax._util import ModelFn, check_choice, check_int, check_number
 from diffax.processes import VP
 from diffax.schedules import Schedule
 
@@ -66,12 +65,6 @@ def unread_sampling_keys(method: str) -> tuple[str, ...]:
         return SOLVER_SAMPLING_KEYS
     reads = _READS[method]
     return _DISCRETE_ONLY_KEYS + tuple(k for k in SOLVER_SAMPLING_KEYS + ("num_steps", "clip_x0") if k not in reads)
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def check_keys(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]:
@@ -106,9 +99,10 @@ def check_keys(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]
                              f"{'' if name == 'num_steps' else '; the x_0 prediction is not clipped there'}): "
                              f"leave sampling.{name} unset (None)")  # fmt: skip
     if method == "ode":
-        out.update(rtol=_positive("sampling.ode_rtol", s.ode_rtol), atol=_positive("sampling.ode_atol", s.ode_atol))
+        out.update(rtol=check_number("sampling.ode_rtol", s.ode_rtol, strict=True),
+                   atol=check_number("sampling.ode_atol", s.ode_atol, strict=True))
     else:
-        out.update(snr=_positive("sampling.pc_snr", s.pc_snr),
+        out.update(snr=check_number("sampling.pc_snr", s.pc_snr, strict=True),
                    n_corrector=check_int("sampling.pc_n_corrector", s.pc_n_corrector, 0))  # fmt: skip
     return out
 
