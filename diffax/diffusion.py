@@ -41,6 +41,7 @@ __all__ = [
     "x0_to_eps",
     "eps_to_v",
     "v_to_eps",
+    "predict_eps",
     "v_to_x0",
     "eps_to_score",
     "score_to_eps",
@@ -182,6 +183,17 @@ def predict_x0(s: Schedule, model_output: Array, x_t: Array, t: Array, mean_type
         return eps_to_x0(s, x_t, t, model_output)
     if mean_type == "v":
         return v_to_x0(s, x_t, t, model_output)
+    return model_output
+
+
+def predict_eps(s: Schedule, model_output: Array, x_t: Array, t: Array, mean_type: str = "eps") -> Array:
+    """The eps implied by the model's output under `mean_type` at (x_t, t): the output itself ('eps'),
+    `x0_to_eps` ('x0') or `v_to_eps` ('v')."""
+    check_choice("mean_type", mean_type, MEAN_TYPES)
+    if mean_type == "x0":
+        return x0_to_eps(s, x_t, t, model_output)
+    if mean_type == "v":
+        return v_to_eps(s, x_t, t, model_output)
     return model_output
 
 

@@ -120,7 +120,6 @@ def classifier_free(
     return model_fn
 
 
-_TO_EPS = {"eps": None, "x0": diffusion.x0_to_eps, "v": diffusion.v_to_eps}
 _FROM_EPS = {"eps": None, "x0": diffusion.eps_to_x0, "v": diffusion.eps_to_v}
 
 
@@ -132,14 +131,8 @@ def _check_mean_type(mean_type: str) -> None:
         )
 
 
-def _to_eps(s: Schedule, x_t: Array, t: Array, out: Array, mean_type: str) -> Array:
-    """The eps implied by a model output of `mean_type` at (x_t, t) (`diffusion`'s conversions)."""
-    conv = _TO_EPS[mean_type]
-    return out if conv is None else conv(s, x_t, t, out)
-
-
 def _from_eps(s: Schedule, x_t: Array, t: Array, eps: Array, mean_type: str) -> Array:
-    """The model output of `mean_type` that implies `eps` at (x_t, t): the inverse of `_to_eps`."""
+    """The model output of `mean_type` that implies `eps` at (x_t, t): the inverse of `diffusion.predict_eps`."""
     conv = _FROM_EPS[mean_type]
     return eps if conv is None else conv(s, x_t, t, eps)
 
@@ -203,7 +196,7 @@ def classifier(
 
         grad = jax.grad(total_log_prob)(x_t)
         b_t = jnp.sqrt(1.0 - diffusion.extract(s.alphas_cumprod, t, x_t.ndim))
-        eps = _to_eps(s, x_t, t, out, mean_type)
+        eps = diffusion.predict_eps(s, out, x_t, t, mean_type)
         guided = _from_eps(s, x_t, t, eps - b_t * scale * grad, mean_type)
         return _join(guided, var_part)
 

@@ -17,11 +17,12 @@ var_type / num_timesteps) and calls the library's pure functions:
   pc             `samplers.pc` (Song et al. 2021b, Alg. 2, 4)  T (1 + pc_n_corrector)  pc_snr, pc_n_corrector
 
 Paired runs: every method starts from the x_T that `samplers.ddpm` / `samplers.ddim` draw from the same key,
-``normal(split(key)[0])`` (`initial_noise`, passed as ``x_init``), so with one seed all methods sample from the
-same noise (under `sampler_builders.per_example_sampler`, sample i from fold_in(key, i)). Parameterisations:
+``normal(split(key)[0])``: dpm_solver_pp, unipc and pc draw it so themselves; `ode.ode_sample` draws from its
+prior with the whole key, so 'ode' is given `initial_noise` as ``x_init``. With one seed all methods sample from
+the same noise (under `sampler_builders.per_example_sampler`, sample i from fold_in(key, i)). Parameterisations:
 dpm_solver_pp / unipc take diffusion.mean_type and var_type themselves; for 'ode' the output (its eps / x0 /
 v half of a learned-variance output) becomes a score (`ode.score_fn_from_model`, the model called at the
-nearest integer index), for 'pc' an eps (`diffusion.x0_to_eps` / `v_to_eps`). ``ValueError`` names a bad
+nearest integer index), for 'pc' an eps (`diffusion.predict_eps`). ``ValueError`` names a bad
 value and what is allowed (`check_keys`, called by `sampler_builders.check_method`, so before any training).
 """
 
@@ -115,8 +116,8 @@ def initial_noise(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Arr
 def solver(config: ml_collections.ConfigDict, schedule: Schedule, method: str, clip_x0: float | None) -> Solve:
     """``solve(model_fn, key, shape) -> x_0`` of sampling.method ``method`` (one of `SOLVER_METHODS`; the table
     in the module docstring), for ``model_fn(x_t, t)`` in diffusion.mean_type's parameterisation (2C output
-    channels for a learned diffusion.var_type), from x_T = `initial_noise` (key), with ``clip_x0`` (validated
-    by the caller) for 'dpm_solver_pp' / 'unipc'."""
+    channels for a learned diffusion.var_type), from x_T = normal(split(key)[0]) (module docstring), with
+    ``clip_x0`` (validated by the caller) for 'dpm_solver_pp' / 'unipc'."""
     kw = check_keys(config, method)
     mean_type, var_type = config.diffusion.mean_type, config.diffusion.var_type
     dtype = schedule.betas.dtype
@@ -128,8 +129,7 @@ def solver(config: ml_collections.ConfigDict, schedule: Schedule, method: str, c
         fn = dpm_solver.dpm_solver_pp if method == "dpm_solver_pp" else unipc.unipc
 
         def solve(model_fn, key, shape):
-            return fn(model_fn, schedule, key, shape, x_init=initial_noise(key, shape, dtype), mean_type=mean_type,
-                      var_type=var_type, clip_x0=clip_x0, **kw)  # fmt: skip
+            return fn(model_fn, schedule, key, shape, mean_type=mean_type, var_type=var_type, clip_x0=clip_x0, **kw)
 
     elif method == "ode":
         sde = VP.from_schedule(schedule)
@@ -140,11 +140,9 @@ def solver(config: ml_collections.ConfigDict, schedule: Schedule, method: str, c
             return x
 
     else:
-        to_eps = {"eps": lambda s, x, t, out: out, "x0": diffusion.x0_to_eps, "v": diffusion.v_to_eps}[mean_type]
-
         def solve(model_fn, key, shape):
-            eps_fn = mean_part(model_fn)
-            return samplers.pc(lambda x, t: to_eps(schedule, x, t, eps_fn(x, t)), schedule, key, shape,
-                               x_init=initial_noise(key, shape, dtype), **kw)  # fmt: skip
+            out_fn = mean_part(model_fn)
+            return samplers.pc(lambda x, t: diffusion.predict_eps(schedule, out_fn(x, t), x, t, mean_type), schedule,
+                               key, shape, **kw)  # fmt: skip
 
     return solve
