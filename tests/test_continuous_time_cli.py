@@ -51,15 +51,20 @@ def samples(workdir) -> np.ndarray:
     return np.load(workdir / "samples.npz")["samples"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The :edm and :flow runs of the docstring (train, sample, eval), once for the module."""
+def trained_runs(tmp_path_factory, variants) -> dict:
+    """{variant: workdir} of `configs/toy2d.py:<variant>` trained, sampled and evaluated with `SHORT`."""
     out = {}
-    for variant in ("edm", "flow"):
+    for variant in variants:
         workdir = tmp_path_factory.mktemp(variant)
         main(workdir, f"toy2d.py:{variant}", "--mode=train,sample,eval", *SHORT)
         out[variant] = workdir
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The :edm and :flow runs of the docstring (train, sample, eval), once for the module."""
+    return trained_runs(tmp_path_factory, ("edm", "flow"))
 
 
 @pytest.mark.slow

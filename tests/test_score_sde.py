@@ -247,14 +247,9 @@ def test_bad_score_sde_settings_are_refused_by_build():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """toy2d ':vp_sde' and ':ve_sde' trained, sampled and evaluated as tests/test_continuous_time_cli.py's runs."""
-    from test_continuous_time_cli import SHORT, main
+    from test_continuous_time_cli import trained_runs
 
-    out = {}
-    for variant in ("vp_sde", "ve_sde"):
-        workdir = tmp_path_factory.mktemp(variant)
-        main(workdir, f"toy2d.py:{variant}", "--mode=train,sample,eval", *SHORT)
-        out[variant] = workdir
-    return out
+    return trained_runs(tmp_path_factory, ("vp_sde", "ve_sde"))
 
 
 @pytest.mark.slow
