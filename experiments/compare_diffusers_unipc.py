@@ -61,13 +61,10 @@ def dump(path: str) -> None:
     print("wrote", path, {k: v.shape for k, v in out.items()})
 
 
-def diffax_runs(f) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{key: (diffax trajectory, diffusers trajectory)}, each (M, B, D), for every run in the npz ``f`` (x64 on)."""
+def fixture_model(f):
+    """The analytic Gaussian eps the fixture ``f`` was made with (abar: float64 of diffusers' float32 cumprod)."""
     import jax.numpy as jnp
 
-    from diffax import schedules, unipc
-
-    s = schedules.from_betas(np.asarray(f["betas"], np.float64))
     acp = jnp.asarray(np.cumprod(1.0 - np.asarray(f["betas"], np.float32), dtype=np.float32).astype(np.float64))
     mu, sd = jnp.asarray(f["mu"]), jnp.asarray(f["sd"])
 
@@ -76,6 +73,17 @@ def diffax_runs(f) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
         return b * (x - a * mu) / (a**2 * sd**2 + b**2)
 
+    return eps_fn
+
+
+def diffax_runs(f) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{key: (diffax trajectory, diffusers trajectory)}, each (M, B, D), for every run in the npz ``f`` (x64 on)."""
+    import jax.numpy as jnp
+
+    from diffax import schedules, unipc
+
+    s = schedules.from_betas(np.asarray(f["betas"], np.float64))
+    eps_fn = fixture_model(f)
     res = {}
     for order in ORDERS:
         for variant in VARIANTS:

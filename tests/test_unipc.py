@@ -249,16 +249,16 @@ def test_convergence_order_is_p_plus_one(x64):
 
 
 def _fixture_model(f):
-    """The analytic Gaussian eps the fixture was made with (abar: float64 of diffusers' float32 cumprod)."""
-    acp = jnp.asarray(np.cumprod(1.0 - np.asarray(f["betas"], np.float32), dtype=np.float32).astype(np.float64))
-    mu, sd = jnp.asarray(f["mu"]), jnp.asarray(f["sd"])
+    """The analytic Gaussian eps the fixture was made with: experiments/compare_diffusers_unipc.py's (the script
+    that wrote the fixture)."""
+    import importlib.util
 
-    def eps_fn(x, t):
-        abar = jnp.take(acp, t)[:, None]
-        a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-        return b * (x - a * mu) / (a**2 * sd**2 + b**2)
-
-    return eps_fn
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                        "compare_diffusers_unipc.py")  # fmt: skip
+    spec = importlib.util.spec_from_file_location("compare_diffusers_unipc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fixture_model(f)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
